@@ -226,8 +226,8 @@ pub struct RateLimit {
     /// Allowed calls per window.
     #[schemars(range(min = 1))]
     pub limit: i32,
-    /// Length of the window (Go duration, e.g. `1m`). Tokens refill continuously (a token bucket
-    /// of `limit` tokens refilled over `window`).
+    /// Length of the window (Go duration, e.g. `1m`). A fixed window opens at the first counted
+    /// call of a key; once `limit` calls were allowed in it, later calls are denied until it ends.
     #[schemars(length(max = 32))]
     pub window: Duration,
 }
