@@ -1,0 +1,639 @@
+//! The install manifests in `config/`, checked without a cluster or kubectl: every kustomization
+//! resolves, every object parses into its Kubernetes type without losing a field (a misspelled
+//! field fails), and the pieces agree with one another (Service ports name container ports, probes
+//! use the health port, RBAC names only resources the CRDs define, the operator's ServiceAccount is
+//! the one the admission policy trusts).
+//!
+//! This is the offline counterpart of `kubectl apply -k config/default --dry-run=client`, which
+//! needs an API server for its REST mapping.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+        apps::v1::Deployment,
+        core::v1::{Namespace, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+const NAMESPACE: &str = "overseer-system";
+const OPERATOR_SA: &str = "system:serviceaccount:overseer-system:overseer";
+
+fn root() -> PathBuf {
+    e2e::repo_root()
+}
+
+fn kustomization(dir: &Path) -> Value {
+    let path = dir.join("kustomization.yaml");
+    e2e::read_yaml(&path).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn resources(kustomization: &Value) -> Vec<String> {
+    kustomization["resources"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every object a kustomization directory renders (following directory resources), before
+/// kustomize's transformations, with the file it came from.
+fn objects(dir: &Path) -> Vec<(PathBuf, Value)> {
+    let mut out = Vec::new();
+    for resource in resources(&kustomization(dir)) {
+        let path = dir.join(&resource);
+        assert!(
+            path.exists(),
+            "{}: resource {resource} does not exist",
+            dir.display()
+        );
+        if path.is_dir() {
+            assert!(
+                path.join("kustomization.yaml").is_file(),
+                "{}: no kustomization.yaml",
+                path.display()
+            );
+            out.extend(objects(&path));
+        } else {
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value: Value = serde_json::to_value(
+                    <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if !value.is_null() {
+                    out.push((path.clone(), value));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parse `value` as `T` and check nothing was lost on the way (unknown or misspelled fields).
+fn typed<T: DeserializeOwned + Serialize>(path: &Path, value: &Value) -> T {
+    let object: T =
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let back = serde_json::to_value(&object).expect("serializes");
+    let mut lost = Vec::new();
+    diff("", value, &back, &mut lost);
+    assert!(
+        lost.is_empty(),
+        "{}: fields not in the {} schema: {lost:?}",
+        path.display(),
+        value["kind"]
+    );
+    object
+}
+
+fn diff(at: &str, original: &Value, back: &Value, lost: &mut Vec<String>) {
+    match (original, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                match b.get(key) {
+                    Some(other) => diff(&format!("{at}.{key}"), value, other, lost),
+                    None if is_empty(value) => {}
+                    None => lost.push(format!("{at}.{key}")),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(&format!("{at}[{i}]"), x, y, lost);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// The rendered objects of config/default, grouped by kind.
+fn default_objects() -> BTreeMap<String, Vec<(PathBuf, Value)>> {
+    let mut by_kind: BTreeMap<String, Vec<(PathBuf, Value)>> = BTreeMap::new();
+    for (path, value) in objects(&root().join("config/default")) {
+        let kind = value["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no kind", path.display()))
+            .to_string();
+        by_kind.entry(kind).or_default().push((path, value));
+    }
+    by_kind
+}
+
+fn one<T: DeserializeOwned + Serialize>(
+    objects: &BTreeMap<String, Vec<(PathBuf, Value)>>,
+    kind: &str,
+    name: &str,
+) -> T {
+    let (path, value) = objects
+        .get(kind)
+        .and_then(|all| all.iter().find(|(_, v)| v["metadata"]["name"] == name))
+        .unwrap_or_else(|| panic!("config/default has no {kind} {name}"));
+    typed(path, value)
+}
+
+#[test]
+fn every_kustomization_resolves_and_every_object_parses() {
+    let objects = default_objects();
+    let known = [
+        "CustomResourceDefinition",
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    for (kind, list) in &objects {
+        assert!(
+            known.contains(&kind.as_str()),
+            "unexpected kind {kind} in config/default"
+        );
+        for (path, value) in list {
+            match kind.as_str() {
+                "CustomResourceDefinition" => {
+                    typed::<CustomResourceDefinition>(path, value);
+                }
+                "Namespace" => {
+                    typed::<Namespace>(path, value);
+                }
+                "ServiceAccount" => {
+                    typed::<ServiceAccount>(path, value);
+                }
+                "ClusterRole" => {
+                    typed::<ClusterRole>(path, value);
+                }
+                "ClusterRoleBinding" => {
+                    typed::<ClusterRoleBinding>(path, value);
+                }
+                "Role" => {
+                    typed::<Role>(path, value);
+                }
+                "RoleBinding" => {
+                    typed::<RoleBinding>(path, value);
+                }
+                "Deployment" => {
+                    typed::<Deployment>(path, value);
+                }
+                "Service" => {
+                    typed::<Service>(path, value);
+                }
+                "PodDisruptionBudget" => {
+                    typed::<PodDisruptionBudget>(path, value);
+                }
+                "ValidatingAdmissionPolicy" => {
+                    typed::<ValidatingAdmissionPolicy>(path, value);
+                }
+                "ValidatingAdmissionPolicyBinding" => {
+                    typed::<ValidatingAdmissionPolicyBinding>(path, value);
+                }
+                _ => unreachable!("checked above"),
+            }
+        }
+    }
+    // Namespaced objects already name overseer-system (the default kustomization also sets it).
+    for kind in [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
+        for (path, value) in &objects[kind] {
+            assert_eq!(
+                value["metadata"]["namespace"],
+                NAMESPACE,
+                "{}: {kind}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn default_includes_crds_rbac_manager_and_admission() {
+    let default = kustomization(&root().join("config/default"));
+    let mut got = resources(&default);
+    got.sort();
+    assert_eq!(got, ["../admission", "../crd", "../manager", "../rbac"]);
+}
+
+#[test]
+fn crd_kustomization_lists_every_generated_crd() {
+    let dir = root().join("config/crd");
+    let listed: BTreeSet<String> = resources(&kustomization(&dir)).into_iter().collect();
+    let on_disk: BTreeSet<String> = e2e::yaml_files(&dir.join("bases"))
+        .expect("bases")
+        .iter()
+        .filter_map(|p| {
+            p.file_name()
+                .map(|n| format!("bases/{}", n.to_string_lossy()))
+        })
+        .collect();
+    assert_eq!(listed, on_disk);
+}
+
+#[test]
+fn samples_kustomization_lists_every_valid_sample_but_approvals() {
+    assert_eq!(
+        resources(&kustomization(&root().join("config/samples"))),
+        ["../../examples"]
+    );
+    let listed: BTreeSet<String> = resources(&kustomization(&root().join("examples")))
+        .into_iter()
+        .collect();
+    let (valid, _) = e2e::load_samples().expect("samples");
+    let expected: BTreeSet<String> = valid
+        .iter()
+        .filter(|s| !s.kind().ends_with(" AgentApproval"))
+        .filter_map(|s| {
+            s.path
+                .strip_prefix("examples")
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .collect();
+    assert_eq!(listed, expected);
+}
+
+#[test]
+fn deployment_is_hardened_and_wired_to_its_service() {
+    let objects = default_objects();
+    let deployment: Deployment = one(&objects, "Deployment", "overseer");
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2), "two replicas for leader election");
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("overseer"));
+    let pod_security = pod.security_context.expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container")
+    };
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/overseer-dev/overseer:latest")
+    );
+    assert_eq!(container.args.as_deref(), Some(&["run".to_string()][..]));
+    let security = container
+        .security_context
+        .clone()
+        .expect("container securityContext");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    let resources = container.resources.clone().expect("resources");
+    for key in ["cpu", "memory"] {
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key(key)),
+            "request {key}"
+        );
+        assert!(
+            resources
+                .limits
+                .as_ref()
+                .is_some_and(|r| r.contains_key(key)),
+            "limit {key}"
+        );
+    }
+    let env: BTreeMap<String, String> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let field = e.value_from.as_ref()?.field_ref.as_ref()?;
+            Some((e.name.clone(), field.field_path.clone()))
+        })
+        .collect();
+    assert_eq!(
+        env.get("POD_NAMESPACE").map(String::as_str),
+        Some("metadata.namespace")
+    );
+    assert_eq!(
+        env.get("POD_NAME").map(String::as_str),
+        Some("metadata.name")
+    );
+
+    let ports: BTreeMap<String, i32> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+        .collect();
+    assert_eq!(ports.get("health"), Some(&8080));
+    assert_eq!(ports.get("metrics"), Some(&9090));
+    assert_eq!(ports.get("decisions"), Some(&8443));
+    let probe_port = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|h| (h.path.clone(), h.port.clone()))
+    };
+    assert_eq!(
+        probe_port(&container.liveness_probe),
+        Some((
+            Some("/healthz".into()),
+            IntOrString::String("health".into())
+        ))
+    );
+    assert_eq!(
+        probe_port(&container.readiness_probe),
+        Some((Some("/readyz".into()), IntOrString::String("health".into())))
+    );
+
+    let service: Service = one(&objects, "Service", "overseer");
+    let service_spec = service.spec.expect("service spec");
+    let pod_labels = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    let selector = service_spec.selector.unwrap_or_default();
+    assert!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the Service selects the pods"
+    );
+    let mut exposed: Vec<(String, i32)> = Vec::new();
+    for port in service_spec.ports.iter().flatten() {
+        let Some(IntOrString::String(target)) = &port.target_port else {
+            panic!("target ports are named")
+        };
+        assert!(
+            ports.contains_key(target),
+            "Service port {target} is a container port"
+        );
+        exposed.push((target.clone(), port.port));
+    }
+    exposed.sort();
+    assert_eq!(
+        exposed,
+        [
+            ("decisions".to_string(), 8443),
+            ("metrics".to_string(), 9090)
+        ]
+    );
+}
+
+/// Every (group, resource) the CRDs define, subresources included.
+fn crd_resources() -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for path in e2e::yaml_files(&root().join("config/crd/bases")).expect("bases") {
+        let crd: CustomResourceDefinition = e2e::read_yaml(&path).expect("CRD");
+        let plural = crd.spec.names.plural.clone();
+        out.insert((crd.spec.group.clone(), plural.clone()));
+        for version in &crd.spec.versions {
+            if let Some(sub) = &version.subresources {
+                if sub.status.is_some() {
+                    out.insert((crd.spec.group.clone(), format!("{plural}/status")));
+                }
+                if sub.scale.is_some() {
+                    out.insert((crd.spec.group.clone(), format!("{plural}/scale")));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rules_of(role: &ClusterRole) -> Vec<PolicyRule> {
+    role.rules.clone().unwrap_or_default()
+}
+
+#[test]
+fn rbac_names_only_resources_that_exist_and_never_wildcards() {
+    let objects = default_objects();
+    let ours = crd_resources();
+    for (path, value) in objects["ClusterRole"].iter().chain(&objects["Role"]) {
+        let rules: Vec<PolicyRule> = serde_json::from_value(value["rules"].clone()).expect("rules");
+        for rule in rules {
+            let groups = rule.api_groups.clone().unwrap_or_default();
+            let resources = rule.resources.clone().unwrap_or_default();
+            assert!(
+                !groups.iter().any(|g| g == "*"),
+                "{}: wildcard group",
+                path.display()
+            );
+            assert!(
+                !resources.iter().any(|r| r.contains('*')),
+                "{}: wildcard resource",
+                path.display()
+            );
+            assert!(
+                !rule.verbs.iter().any(|v| v == "*" || v == "escalate"),
+                "{}: verb",
+                path.display()
+            );
+            for group in groups.iter().filter(|g| g.ends_with(".overseer.dev")) {
+                for resource in &resources {
+                    assert!(
+                        ours.contains(&(group.clone(), resource.clone())),
+                        "{}: {group}/{resource} is not defined by the CRDs",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The operator's permissions, as (group, resource, verb) triples.
+fn grants(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules_of(role) {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_operator_gets_exactly_what_it_uses() {
+    let objects = default_objects();
+    let manager: ClusterRole = one(&objects, "ClusterRole", "overseer-manager");
+    let mut expected = BTreeSet::new();
+    let mut add = |group: &str, resource: &str, verbs: &[&str]| {
+        for verb in verbs {
+            expected.insert((group.to_string(), resource.to_string(), verb.to_string()));
+        }
+    };
+    add(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        &["get", "list", "watch"],
+    );
+    add("events.k8s.io", "events", &["create", "patch"]);
+    add("", "events", &["create", "patch"]);
+    for (group, resource) in crd_resources() {
+        if resource.ends_with("/status") {
+            add(&group, &resource, &["patch", "update"]);
+        } else if !resource.contains('/') {
+            add(&group, &resource, &["get", "list", "watch"]);
+        }
+    }
+    assert_eq!(grants(&manager), expected);
+
+    let leases: Role = one(&objects, "Role", "overseer-leader-election");
+    assert_eq!(leases.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let [rule] = leases.rules.as_deref().unwrap_or_default() else {
+        panic!("one lease rule")
+    };
+    assert_eq!(
+        rule.api_groups.as_deref(),
+        Some(&["coordination.k8s.io".to_string()][..])
+    );
+    assert_eq!(rule.resources.as_deref(), Some(&["leases".to_string()][..]));
+    let mut verbs = rule.verbs.clone();
+    verbs.sort();
+    assert_eq!(verbs, ["create", "get", "patch", "update"]);
+
+    // Both are bound to the operator's ServiceAccount, and to nothing else.
+    let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding", "overseer-manager");
+    assert_eq!(binding.role_ref.name, "overseer-manager");
+    let role_binding: RoleBinding = one(&objects, "RoleBinding", "overseer-leader-election");
+    assert_eq!(role_binding.role_ref.name, "overseer-leader-election");
+    for subjects in [binding.subjects, role_binding.subjects] {
+        let subjects = subjects.unwrap_or_default();
+        let [subject] = subjects.as_slice() else {
+            panic!("one subject")
+        };
+        let username = format!(
+            "system:serviceaccount:{}:{}",
+            subject.namespace.as_deref().unwrap_or_default(),
+            subject.name
+        );
+        assert_eq!(
+            (subject.kind.as_str(), username.as_str()),
+            ("ServiceAccount", OPERATOR_SA)
+        );
+    }
+    let _: ServiceAccount = one(&objects, "ServiceAccount", "overseer");
+}
+
+#[test]
+fn user_roles_aggregate_and_approving_is_separate() {
+    let objects = default_objects();
+    let label = |role: &ClusterRole, key: &str| {
+        role.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+            == Some("true")
+    };
+    let viewer: ClusterRole = one(&objects, "ClusterRole", "overseer-agents-viewer");
+    assert!(label(
+        &viewer,
+        "rbac.authorization.k8s.io/aggregate-to-view"
+    ));
+    assert!(
+        grants(&viewer)
+            .iter()
+            .all(|(_, _, verb)| ["get", "list", "watch"].contains(&verb.as_str()))
+    );
+    let editor: ClusterRole = one(&objects, "ClusterRole", "overseer-agents-editor");
+    assert!(label(
+        &editor,
+        "rbac.authorization.k8s.io/aggregate-to-edit"
+    ));
+    assert!(!label(
+        &editor,
+        "rbac.authorization.k8s.io/aggregate-to-view"
+    ));
+    let approver: ClusterRole = one(&objects, "ClusterRole", "overseer-approver");
+    assert!(grants(&approver).contains(&(
+        "agents.overseer.dev".into(),
+        "agentapprovals".into(),
+        "patch".into()
+    )));
+    // Editors and viewers may not review approvals: that is the approver role's, which is not
+    // aggregated into the built-in roles.
+    for role in [&viewer, &editor] {
+        assert!(
+            !grants(role)
+                .iter()
+                .any(|(_, r, v)| r == "agentapprovals" && (v == "patch" || v == "update"))
+        );
+    }
+    assert!(
+        approver
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .all(|(k, _)| !k.starts_with("rbac.authorization.k8s.io/aggregate"))
+    );
+}
+
+#[test]
+fn admission_policy_trusts_the_operators_service_account() {
+    let objects = default_objects();
+    let policy: ValidatingAdmissionPolicy = one(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "overseer-agentapproval-review",
+    );
+    let expressions: Vec<String> = policy
+        .spec
+        .and_then(|s| s.validations)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.expression)
+        .collect();
+    assert!(
+        expressions
+            .iter()
+            .any(|e| e.contains(&format!("'{OPERATOR_SA}'")))
+    );
+    let _: ValidatingAdmissionPolicyBinding = one(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "overseer-agentapproval-review",
+    );
+    let _: Namespace = one(&objects, "Namespace", NAMESPACE);
+    let _: PodDisruptionBudget = one(&objects, "PodDisruptionBudget", "overseer");
+}
