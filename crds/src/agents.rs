@@ -29,9 +29,21 @@ pub const GROUP: &str = "agents.overseer.dev";
     category = "overseer",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Rules", type_ = "integer", json_path = ".status.ruleCount"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.policyRevision"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.policyRevision"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentPolicySpec {
@@ -55,9 +67,21 @@ pub struct AgentPolicySpec {
     category = "overseer",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Rules", type_ = "integer", json_path = ".status.ruleCount"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.policyRevision"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.policyRevision"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterAgentPolicySpec {
@@ -174,7 +198,10 @@ pub struct ServiceAccountSubject {
 #[serde(rename_all = "camelCase")]
 pub struct ToolRule {
     /// Name of the rule, unique within the policy. Decisions name it in their reasons.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Tool name globs (`*` any run of characters, `?` one character), e.g. `kubectl_*`.
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
@@ -215,7 +242,10 @@ pub enum RuleEffect {
 #[x_kube(validation = Rule::new("duration(self.window) >= duration('1s') && duration(self.window) <= duration('744h')").message("window must be between 1s and 744h"))]
 pub struct RateLimit {
     /// Name of the limit, unique within the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// What each counter is kept for.
     pub key: RateLimitKey,
@@ -254,7 +284,10 @@ pub enum RateLimitKey {
 #[x_kube(validation = Rule::new("!has(self.window) || (duration(self.window) >= duration('1m') && duration(self.window) <= duration('8784h'))").message("window must be between 1m and 8784h"))]
 pub struct Budget {
     /// Name of the budget, unique within the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// What is counted.
     pub metric: BudgetMetric,
@@ -306,7 +339,10 @@ pub enum ExceedAction {
 #[x_kube(validation = Rule::new("self.start != self.end").message("start and end must differ; a window that ends before it starts wraps past midnight"))]
 pub struct TimeWindow {
     /// Name of the window, unique within the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Days of the week the window is open; omitted: every day.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -329,7 +365,9 @@ pub struct TimeWindow {
 }
 
 /// A day of the week.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[allow(missing_docs)]
 pub enum Weekday {
     Mon,
@@ -413,9 +451,17 @@ pub struct AgentPolicyStatus {
     printcolumn(name = "Agent", type_ = "string", json_path = ".spec.principal.id"),
     printcolumn(name = "Tool", type_ = "string", json_path = ".spec.tool"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Reviewer", type_ = "string", json_path = ".spec.review.reviewer"),
+    printcolumn(
+        name = "Reviewer",
+        type_ = "string",
+        json_path = ".spec.review.reviewer"
+    ),
     printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.requestDigest == oldSelf.requestDigest && self.principal == oldSelf.principal && self.tool == oldSelf.tool && self.expiresAt == oldSelf.expiresAt").message("only spec.review may change after an approval is created"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.review) || (has(self.review) && self.review == oldSelf.review)").message("a review is final and cannot be changed"))]
@@ -566,10 +612,26 @@ pub enum ApprovalPhase {
     shortname = "eic",
     category = "overseer",
     printcolumn(name = "Max-TTL", type_ = "string", json_path = ".spec.maxTtl"),
-    printcolumn(name = "Approval", type_ = "boolean", json_path = ".spec.requireApproval"),
-    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeIdentities"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Approval",
+        type_ = "boolean",
+        json_path = ".spec.requireApproval"
+    ),
+    printcolumn(
+        name = "Active",
+        type_ = "integer",
+        json_path = ".status.activeIdentities"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("duration(self.maxTtl) >= duration('1s') && duration(self.maxTtl) <= duration('168h')").message("maxTtl must be between 1s and 168h"))]
 #[x_kube(validation = Rule::new("!has(self.defaultTtl) || duration(self.defaultTtl) <= duration(self.maxTtl)").message("defaultTtl must not exceed maxTtl"))]
@@ -617,7 +679,9 @@ pub struct EphemeralIdentityClassSpec {
 }
 
 /// A reference to a vetted role.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleRef {
     /// `ClusterRole` or `Role`.
@@ -628,7 +692,20 @@ pub struct RoleRef {
 }
 
 /// The kind of a referenced role.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
 pub enum RoleKind {
     /// A ClusterRole, bound in the identity's namespace only.
     #[default]
@@ -690,8 +767,17 @@ pub struct EphemeralIdentityClassStatus {
     printcolumn(name = "Class", type_ = "string", json_path = ".spec.className"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
-    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".status.secretName",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.className == oldSelf.className && self.agent == oldSelf.agent && self.grants == oldSelf.grants && (has(self.ttl) == has(oldSelf.ttl) && (!has(self.ttl) || self.ttl == oldSelf.ttl)) && (has(self.audiences) == has(oldSelf.audiences) && (!has(self.audiences) || self.audiences == oldSelf.audiences))").message("an identity is immutable once created, except for revoked and task"))]
 #[x_kube(validation = Rule::new("!oldSelf.revoked || self.revoked").message("a revoked identity cannot be un-revoked; create a new one"))]

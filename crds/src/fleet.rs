@@ -27,12 +27,32 @@ pub const GROUP: &str = "fleet.overseer.dev";
     status = "FleetClusterStatus",
     shortname = "fc",
     category = "overseer",
-    printcolumn(name = "Reachable", type_ = "string", json_path = ".status.conditions[?(@.type==\"Reachable\")].status"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.kubernetesVersion"),
+    printcolumn(
+        name = "Reachable",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Reachable\")].status"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.kubernetesVersion"
+    ),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
-    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.lastHeartbeatTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeatTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.heartbeatPeriod) || (duration(self.heartbeatPeriod) >= duration('5s') && duration(self.heartbeatPeriod) <= duration('1h'))").message("heartbeatPeriod must be between 5s and 1h"))]
 #[serde(rename_all = "camelCase")]
@@ -86,9 +106,21 @@ pub struct FleetClusterStatus {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.currentStage"),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.targetRevision"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.targetRevision"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FleetRolloutSpec {
@@ -263,7 +295,10 @@ pub struct RolloutTargets {
 #[serde(rename_all = "camelCase")]
 pub struct Stage {
     /// Name of the stage, unique within the rollout.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Targeted clusters this stage takes. Omitted: all targeted clusters not taken by an earlier
     /// stage.
@@ -369,7 +404,10 @@ pub struct HealthExpression {
 #[serde(rename_all = "camelCase")]
 pub struct Override {
     /// Name of the override, unique within the rollout.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Clusters the override applies to (by their `FleetCluster` labels).
     pub cluster_selector: LabelSelector,
@@ -673,8 +711,16 @@ pub struct RevisionHistory {
     printcolumn(name = "Rollout", type_ = "string", json_path = ".spec.rollout"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".spec.stage"),
     printcolumn(name = "When", type_ = "string", json_path = ".spec.when"),
-    printcolumn(name = "Decision", type_ = "string", json_path = ".spec.review.decision"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Decision",
+        type_ = "string",
+        json_path = ".spec.review.decision"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.rollout == oldSelf.rollout && self.stage == oldSelf.stage && self.when == oldSelf.when && self.revision == oldSelf.revision").message("only spec.review may change"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.review) || (has(self.review) && self.review == oldSelf.review)").message("a review is final and cannot be changed"))]

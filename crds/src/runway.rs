@@ -37,8 +37,16 @@ pub const GROUP: &str = "runway.overseer.dev";
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint.url"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint.url"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.profile != 'Cpu' || !has(self.resources.accelerator)").message("a Cpu profile cannot request accelerators; remove resources.accelerator or use profile Gpu"))]
 #[x_kube(validation = Rule::new("self.switchStrategy.type != 'Canary' || has(self.endpoint.gateway)").message("the Canary strategy needs endpoint.gateway: weighted steps are HTTPRoute weights"))]
@@ -124,7 +132,20 @@ pub struct EngineSpec {
 }
 
 /// A supported inference backend.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
 pub enum BackendKind {
     /// vLLM's OpenAI server as a Deployment and Service.
     #[default]

@@ -21,7 +21,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") && !path.ends_with("kustomization.yaml") {
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && !path.ends_with("kustomization.yaml")
+            {
                 files.push(path);
             }
         }
@@ -32,20 +34,34 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Deserializes `object` into the Rust type of its kind (proving the types accept it) and returns
 /// the CRD to validate it with; `Err` for a kind that is not Overseer's.
-fn parse_typed(object: &Value) -> Result<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, String> {
-    fn typed<K: CustomResourceExt + serde::de::DeserializeOwned>(object: &Value) -> Result<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, String> {
-        serde_json::from_value::<K>(object.clone()).map_err(|e| format!("does not parse as {}: {e}", K::crd_name()))?;
+fn parse_typed(
+    object: &Value,
+) -> Result<
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    String,
+> {
+    fn typed<K: CustomResourceExt + serde::de::DeserializeOwned>(object: &Value) -> Result<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, String>{
+        serde_json::from_value::<K>(object.clone())
+            .map_err(|e| format!("does not parse as {}: {e}", K::crd_name()))?;
         Ok(K::crd())
     }
     let api_version = object["apiVersion"].as_str().unwrap_or_default();
     let kind = object["kind"].as_str().unwrap_or_default();
     match (api_version, kind) {
         ("agents.overseer.dev/v1alpha1", "AgentPolicy") => typed::<agents::AgentPolicy>(object),
-        ("agents.overseer.dev/v1alpha1", "ClusterAgentPolicy") => typed::<agents::ClusterAgentPolicy>(object),
+        ("agents.overseer.dev/v1alpha1", "ClusterAgentPolicy") => {
+            typed::<agents::ClusterAgentPolicy>(object)
+        }
         ("agents.overseer.dev/v1alpha1", "AgentApproval") => typed::<agents::AgentApproval>(object),
-        ("agents.overseer.dev/v1alpha1", "EphemeralIdentityClass") => typed::<agents::EphemeralIdentityClass>(object),
-        ("agents.overseer.dev/v1alpha1", "EphemeralIdentity") => typed::<agents::EphemeralIdentity>(object),
-        ("runway.overseer.dev/v1alpha1", "InferenceRuntime") => typed::<runway::InferenceRuntime>(object),
+        ("agents.overseer.dev/v1alpha1", "EphemeralIdentityClass") => {
+            typed::<agents::EphemeralIdentityClass>(object)
+        }
+        ("agents.overseer.dev/v1alpha1", "EphemeralIdentity") => {
+            typed::<agents::EphemeralIdentity>(object)
+        }
+        ("runway.overseer.dev/v1alpha1", "InferenceRuntime") => {
+            typed::<runway::InferenceRuntime>(object)
+        }
         ("fleet.overseer.dev/v1alpha1", "FleetCluster") => typed::<fleet::FleetCluster>(object),
         ("fleet.overseer.dev/v1alpha1", "FleetRollout") => typed::<fleet::FleetRollout>(object),
         ("fleet.overseer.dev/v1alpha1", "FleetApproval") => typed::<fleet::FleetApproval>(object),
@@ -55,14 +71,22 @@ fn parse_typed(object: &Value) -> Result<k8s_openapi::apiextensions_apiserver::p
 
 fn load(path: &Path) -> (String, Value) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let object: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+    let object: Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
     (text, object)
 }
 
 #[test]
 fn valid_samples_parse_and_validate() {
-    let files: Vec<_> = yaml_files(&examples_dir()).into_iter().filter(|p| !p.starts_with(examples_dir().join("invalid"))).collect();
-    assert!(files.len() >= 9, "expected samples of every kind under examples/, found {}", files.len());
+    let files: Vec<_> = yaml_files(&examples_dir())
+        .into_iter()
+        .filter(|p| !p.starts_with(examples_dir().join("invalid")))
+        .collect();
+    assert!(
+        files.len() >= 9,
+        "expected samples of every kind under examples/, found {}",
+        files.len()
+    );
     let mut kinds = std::collections::BTreeSet::new();
     let mut failures = Vec::new();
     for path in &files {
@@ -78,8 +102,15 @@ fn valid_samples_parse_and_validate() {
             }
         }
     }
-    assert!(failures.is_empty(), "invalid valid samples:\n{}", failures.join("\n"));
-    let all: std::collections::BTreeSet<_> = overseer_crds::all_crds().into_iter().map(|c| c.spec.names.kind).collect();
+    assert!(
+        failures.is_empty(),
+        "invalid valid samples:\n{}",
+        failures.join("\n")
+    );
+    let all: std::collections::BTreeSet<_> = overseer_crds::all_crds()
+        .into_iter()
+        .map(|c| c.spec.names.kind)
+        .collect();
     let missing: Vec<_> = all.difference(&kinds).collect();
     assert!(missing.is_empty(), "no valid sample for {missing:?}");
 }
@@ -87,23 +118,43 @@ fn valid_samples_parse_and_validate() {
 #[test]
 fn invalid_samples_fail_with_the_expected_message() {
     let files = yaml_files(&examples_dir().join("invalid"));
-    assert!(!files.is_empty(), "expected invalid samples under examples/invalid/");
+    assert!(
+        !files.is_empty(),
+        "expected invalid samples under examples/invalid/"
+    );
     let mut failures = Vec::new();
     for path in &files {
         let (text, object) = load(path);
-        let Some(expect) = text.lines().next().and_then(|l| l.strip_prefix("# expect:")).map(str::trim) else {
-            failures.push(format!("{}: first line must be `# expect: <message>`", path.display()));
+        let Some(expect) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect:"))
+            .map(str::trim)
+        else {
+            failures.push(format!(
+                "{}: first line must be `# expect: <message>`",
+                path.display()
+            ));
             continue;
         };
         // A sample the Rust types refuse is invalid too; the message must still match.
         let errors = match parse_typed(&object) {
             Err(e) => vec![e],
-            Ok(crd) => CrdValidator::new(&crd, None).expect("our CRDs compile").errors(&object),
+            Ok(crd) => CrdValidator::new(&crd, None)
+                .expect("our CRDs compile")
+                .errors(&object),
         };
         if errors.is_empty() {
-            failures.push(format!("{}: accepted, expected an error containing {expect:?}", path.display()));
+            failures.push(format!(
+                "{}: accepted, expected an error containing {expect:?}",
+                path.display()
+            ));
         } else if !errors.iter().any(|e| e.contains(expect)) {
-            failures.push(format!("{}: expected {expect:?}, got:\n  {}", path.display(), errors.join("\n  ")));
+            failures.push(format!(
+                "{}: expected {expect:?}, got:\n  {}",
+                path.display(),
+                errors.join("\n  ")
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

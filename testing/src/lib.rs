@@ -25,7 +25,11 @@ pub fn openapi_to_json_schema(schema: &Value) -> Value {
             "properties" => {
                 let props = value
                     .as_object()
-                    .map(|p| p.iter().map(|(k, v)| (k.clone(), openapi_to_json_schema(v))).collect())
+                    .map(|p| {
+                        p.iter()
+                            .map(|(k, v)| (k.clone(), openapi_to_json_schema(v)))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 out.insert(key.clone(), Value::Object(props));
             }
@@ -40,9 +44,17 @@ pub fn openapi_to_json_schema(schema: &Value) -> Value {
                 out.insert(key.clone(), Value::Array(branches));
             }
             // Keywords JSON Schema does not know, or that this translation replaces.
-            "nullable" | "x-kubernetes-int-or-string" | "x-kubernetes-preserve-unknown-fields" | "format"
-            | "x-kubernetes-validations" | "x-kubernetes-list-type" | "x-kubernetes-list-map-keys"
-            | "x-kubernetes-map-type" | "x-kubernetes-embedded-resource" | "default" | "example" => {}
+            "nullable"
+            | "x-kubernetes-int-or-string"
+            | "x-kubernetes-preserve-unknown-fields"
+            | "format"
+            | "x-kubernetes-validations"
+            | "x-kubernetes-list-type"
+            | "x-kubernetes-list-map-keys"
+            | "x-kubernetes-map-type"
+            | "x-kubernetes-embedded-resource"
+            | "default"
+            | "example" => {}
             _ => {
                 out.insert(key.clone(), value.clone());
             }
@@ -82,7 +94,9 @@ pub struct CrdValidator {
 
 impl std::fmt::Debug for CrdValidator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CrdValidator").field("kind", &self.kind).finish()
+        f.debug_struct("CrdValidator")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -110,7 +124,11 @@ impl CrdValidator {
             }
         }
         let validator = jsonschema::validator_for(&json_schema).map_err(|e| e.to_string())?;
-        Ok(Self { kind: crd.spec.names.kind.clone(), openapi, validator })
+        Ok(Self {
+            kind: crd.spec.names.kind.clone(),
+            openapi,
+            validator,
+        })
     }
 
     /// A validator for a CRD stored as YAML (one document).
@@ -139,7 +157,11 @@ impl CrdValidator {
     pub fn cel_errors(&self, object: &Value, old: Option<&Value>) -> Vec<String> {
         match kube::core::cel::Validator::new().validate(&self.openapi, object, old) {
             Ok(()) => Vec::new(),
-            Err(errors) => errors.into_vec().into_iter().map(|e| e.to_string()).collect(),
+            Err(errors) => errors
+                .into_vec()
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect(),
         }
     }
 
@@ -164,7 +186,8 @@ pub fn upstream_crds_dir() -> PathBuf {
 /// (e.g. `kaito/kaito.sh_workspaces.yaml`).
 pub fn upstream(relative: &str, version: Option<&str>) -> CrdValidator {
     let path = upstream_crds_dir().join(relative);
-    CrdValidator::from_yaml_file(&path, version).unwrap_or_else(|e| panic!("upstream CRD {relative}: {e}"))
+    CrdValidator::from_yaml_file(&path, version)
+        .unwrap_or_else(|e| panic!("upstream CRD {relative}: {e}"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ fn main() -> ExitCode {
         [] => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/crd/bases"),
         [dir] if !dir.starts_with('-') => PathBuf::from(dir),
         _ => {
-            eprintln!("usage: crdgen [OUTPUT_DIR]\n\nwrites every Overseer CRD as YAML to OUTPUT_DIR (default: config/crd/bases)");
+            eprintln!(
+                "usage: crdgen [OUTPUT_DIR]\n\nwrites every Overseer CRD as YAML to OUTPUT_DIR (default: config/crd/bases)"
+            );
             return ExitCode::from(2);
         }
     };
