@@ -44,10 +44,12 @@
 //!   stage in reverse order (within `maxConcurrency`), and ends `RolledBack`. Unreachable or paused
 //!   clusters are skipped and named in an Event. Without a last succeeded revision it behaves as
 //!   `Pause`.
-//! - **`state`**: `Pause` holds everything (no applies, no task or stage transitions; timers do
-//!   not run). On resume the current stage's timeout and bake clocks start again, and a stage that
-//!   had failed under `Pause` is retried. `Abandon` ends the rollout of this revision for good
-//!   (phase `Abandoned`), leaving members as they are; a new revision starts a new rollout.
+//! - **`state`**: `Pause` holds everything (no applies, no task or stage transitions, no
+//!   timeout). On resume the current stage's timeout and bake clocks start again (a `TimedWait`
+//!   keeps counting wall-clock time from its start), and a stage that failed under
+//!   `failurePolicy: Pause` is retried: its failed clusters are applied again (a rejected approval
+//!   stays rejected). `Abandon` ends the rollout of this revision for good (phase `Abandoned`),
+//!   leaving members as they are; a new revision starts a new rollout.
 //! - **Supersede**: a new target revision while the rollout is not finished records the old one
 //!   as `Superseded` in `history` and starts again from the first stage.
 //! - A finished (`Succeeded`) rollout still applies its revision to clusters that join later.

@@ -433,3 +433,10 @@ fn cluster_health_is_the_worst_object() {
     assert_eq!(h.status, Failed);
     assert!(h.message.starts_with("Job/pay/migrate: "), "{}", h.message);
 }
+
+/// The evaluator is compiled once per stage and shared across reconcile tasks.
+#[test]
+fn evaluator_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GateEvaluator>();
+}
