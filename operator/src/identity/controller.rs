@@ -1,0 +1,123 @@
+//! Wiring: the `kube::runtime::Controller` over `EphemeralIdentity`, owning its children and
+//! watching classes, plus the periodic orphan sweep.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::api::{
+    core::v1::{Secret, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, ResourceExt,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use overseer_crds::agents::{EphemeralIdentity, EphemeralIdentityClass};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    reconcile::{CONTROLLER, reconcile},
+    sweep::{child_selector, sweep},
+};
+use crate::{
+    controller::{self as scaffolding, Context, Error, requeue_after_error},
+    health::ReadyHandle,
+};
+
+/// How often the orphan sweep runs (it also runs at start).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The `EphemeralIdentity` controller, for [`crate::controller::ControllerSet::register`].
+#[derive(Debug, Default)]
+pub struct IdentityController;
+
+impl scaffolding::Controller for IdentityController {
+    fn name(&self) -> &'static str {
+        CONTROLLER
+    }
+
+    fn run(
+        self: Box<Self>,
+        ctx: Arc<Context>,
+        ready: ReadyHandle,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(run(ctx, ready, shutdown))
+    }
+}
+
+fn error_policy(_identity: Arc<EphemeralIdentity>, error: &Error, _ctx: Arc<Context>) -> Action {
+    requeue_after_error(error)
+}
+
+async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let children = watcher::Config::default().labels(&child_selector());
+    let controller = Controller::new(
+        Api::<EphemeralIdentity>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let by_class = store.clone();
+    let controller = controller
+        .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
+        .owns(Api::<Secret>::all(client.clone()), children.clone())
+        .owns(Api::<Role>::all(client.clone()), children.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), children)
+        .watches(
+            Api::<EphemeralIdentityClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |class: EphemeralIdentityClass| {
+                let name = class.name_any();
+                by_class
+                    .state()
+                    .into_iter()
+                    .filter(|identity| identity.spec.class_name == name)
+                    .map(|identity| ObjectRef::from_obj(&*identity))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_all_on(ctx.leader.acquisitions())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+
+    tokio::spawn({
+        let store = store.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.set(true);
+            }
+        }
+    });
+    tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(controller = CONTROLLER, error = %e, "identity reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Sweep orphans at start and every [`SWEEP_INTERVAL`] while this replica leads.
+async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if !ctx.leader.is_leader() {
+            continue;
+        }
+        match sweep(&ctx.client, &ctx.leader).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "orphan sweep deleted identity objects"),
+            Err(e) if e.is_not_leader() => {}
+            Err(e) => warn!(error = %e, "orphan sweep failed"),
+        }
+    }
+}
