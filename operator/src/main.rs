@@ -1,1 +1,54 @@
-fn main() {}
+//! `overseer`: see `overseer --help`.
+
+use std::{io::Write, process::ExitCode};
+
+use clap::Parser;
+use operator::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => print_crds(),
+        Command::Run(args) => operator::telemetry::init(&cli.log).and_then(|()| {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(operator::runtime::run(args)))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = one_line(&e);
+            if cli.log.log_format == LogFormat::Json && tracing::dispatcher::has_been_set() {
+                tracing::error!(error = message, "overseer failed");
+            } else {
+                eprintln!("overseer: error: {message}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_crds() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(operator::crd::render_all().as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The error and its causes on one line, leaving out causes whose text is already shown (kube's
+/// errors repeat their sources in their own messages).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}

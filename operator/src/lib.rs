@@ -1,0 +1,13 @@
+//! The `overseer` binary's library: the command line, the operator runtime (`overseer run`),
+//! the health and metrics servers, leader election and the scaffolding shared by controllers.
+//!
+//! The binary (`src/main.rs`) only parses the command line and dispatches here.
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,404 @@
+//! `overseer run` as a process, against a kubeconfig pointing at an unreachable address or at a
+//! small in-test fake of the Kubernetes API (CRDs and Leases only; no real cluster is needed).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn kubeconfig(server: &str, name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kubeconfig-{name}-{}", std::process::id()));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n    namespace: default\ncurrent-context: x\n"
+    );
+    std::fs::write(&path, yaml).expect("kubeconfig written");
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn overseer(kubeconfig: &PathBuf, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_overseer"));
+    cmd.arg("run")
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_LOG")
+        .env_remove("POD_NAME")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn wait_output(child: Child) -> Output {
+    tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("overseer exited in time")
+    .expect("join")
+    .expect("output")
+}
+
+#[tokio::test]
+async fn unreachable_cluster_fails_fast_with_a_clear_message() {
+    let config = kubeconfig("https://127.0.0.1:1", "unreachable");
+    let started = Instant::now();
+    let child = overseer(&config, &["--startup-timeout-seconds", "30"])
+        .spawn()
+        .expect("spawned");
+    let output = wait_output(child).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "overseer: error: cannot reach the Kubernetes API server at https://127.0.0.1:1/"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "no silent retry loop"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_kubeconfig_fails_with_a_clear_message() {
+    let missing = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-such-kubeconfig");
+    let child = overseer(&missing, &[]).spawn().expect("spawned");
+    let output = wait_output(child).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("overseer: error: cannot load the Kubernetes configuration"),
+        "{stderr}"
+    );
+}
+
+/// A fake API server: CRDs (all Established, or none) and Leases stored in memory, patched with
+/// JSON merge semantics. Records every request as `VERB path`.
+#[derive(Clone, Default)]
+struct FakeApi {
+    crds_installed: bool,
+    leases: Arc<Mutex<BTreeMap<String, Value>>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    (
+        StatusCode::from_u16(code).expect("code"),
+        Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": message})),
+    )
+        .into_response()
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+async fn fake_handler(
+    State(api): State<FakeApi>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    api.log
+        .lock()
+        .expect("log")
+        .push(format!("{method} {path}"));
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        (
+            "GET",
+            [
+                "apis",
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                name,
+            ],
+        ) => {
+            let found = overseer_crds::all_crds()
+                .into_iter()
+                .find(|c| c.metadata.name.as_deref() == Some(*name));
+            match found {
+                Some(crd) if api.crds_installed => {
+                    let mut value = serde_json::to_value(crd).expect("json");
+                    value["status"] = json!({
+                        "conditions": [{"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}],
+                        "acceptedNames": {"kind": "X", "plural": "xs"},
+                    });
+                    Json(value).into_response()
+                }
+                _ => status(
+                    404,
+                    "NotFound",
+                    &format!("customresourcedefinitions.apiextensions.k8s.io \"{name}\" not found"),
+                ),
+            }
+        }
+        (
+            "GET",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "leases",
+                name,
+            ],
+        ) => {
+            match api
+                .leases
+                .lock()
+                .expect("leases")
+                .get(&format!("{ns}/{name}"))
+            {
+                Some(lease) => Json(lease.clone()).into_response(),
+                None => status(404, "NotFound", "lease not found"),
+            }
+        }
+        (
+            "POST",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "leases",
+            ],
+        ) => {
+            let mut lease: Value = serde_json::from_slice(&body).expect("lease body");
+            lease["metadata"]["namespace"] = json!(ns);
+            lease["metadata"]["resourceVersion"] = json!("1");
+            let name = lease["metadata"]["name"].as_str().expect("name").to_owned();
+            api.leases
+                .lock()
+                .expect("leases")
+                .insert(format!("{ns}/{name}"), lease.clone());
+            (StatusCode::CREATED, Json(lease)).into_response()
+        }
+        (
+            "PATCH",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "leases",
+                name,
+            ],
+        ) => {
+            let patch: Value = serde_json::from_slice(&body).expect("patch body");
+            let mut leases = api.leases.lock().expect("leases");
+            match leases.get_mut(&format!("{ns}/{name}")) {
+                Some(lease) => {
+                    merge(lease, &patch);
+                    Json(lease.clone()).into_response()
+                }
+                None => status(404, "NotFound", "lease not found"),
+            }
+        }
+        _ => status(404, "NotFound", "not served by the fake"),
+    }
+}
+
+async fn start_fake(api: FakeApi) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = Router::new().fallback(fake_handler).with_state(api);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn crd_less_cluster_names_the_missing_crds_and_how_to_install_them() {
+    let api = FakeApi::default();
+    let addr = start_fake(api.clone()).await;
+    let config = kubeconfig(&format!("http://{addr}"), "crdless");
+    let child = overseer(&config, &[]).spawn().expect("spawned");
+    let output = wait_output(child).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for crd in overseer_crds::all_crds() {
+        let name = crd.metadata.name.expect("named");
+        assert!(stderr.contains(&name), "{name} not named: {stderr}");
+    }
+    assert!(stderr.contains("kubectl apply -k config/crd"), "{stderr}");
+    // Only reads happened: nothing is written to a cluster the operator cannot serve.
+    let log = api.log.lock().expect("log").clone();
+    assert!(
+        log.iter()
+            .all(|l| l.starts_with("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
+    let api = FakeApi {
+        crds_installed: true,
+        ..FakeApi::default()
+    };
+    let addr = start_fake(api.clone()).await;
+    let config = kubeconfig(&format!("http://{addr}"), "healthy");
+    let health = free_port();
+    let metrics = free_port();
+    let health_addr = format!("127.0.0.1:{health}");
+    let metrics_addr = format!("127.0.0.1:{metrics}");
+    let child = overseer(
+        &config,
+        &[
+            "--identity",
+            "replica-a",
+            "--lease-namespace",
+            "ops",
+            "--lease-name",
+            "overseer-test",
+            "--health-addr",
+            &health_addr,
+            "--metrics-addr",
+            &metrics_addr,
+            "--log-format",
+            "json",
+        ],
+    )
+    .spawn()
+    .expect("spawned");
+    let pid = child.id();
+
+    eventually("/readyz to answer 200", || async {
+        matches!(http_get(health, "/readyz").await, Some((200, _)))
+    })
+    .await;
+    assert_eq!(
+        http_get(health, "/healthz").await,
+        Some((200, "ok\n".to_owned()))
+    );
+    eventually("leadership", || async {
+        api.leases
+            .lock()
+            .expect("leases")
+            .get("ops/overseer-test")
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "replica-a")
+    })
+    .await;
+    eventually("the leader gauge", || async {
+        http_get(metrics, "/metrics")
+            .await
+            .is_some_and(|(code, body)| code == 200 && body.contains("overseer_leader 1"))
+    })
+    .await;
+    let lease = api.leases.lock().expect("leases")["ops/overseer-test"].clone();
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let output = wait_output(child).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("received shutdown signal"), "{stderr}");
+    assert!(stderr.contains("no controllers registered"), "{stderr}");
+    // Every log line is JSON.
+    for line in stderr.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    // The Lease was handed back so a follower need not wait for it to expire.
+    let lease = api.leases.lock().expect("leases")["ops/overseer-test"].clone();
+    assert!(lease["spec"].get("holderIdentity").is_none(), "{lease}");
+    // The servers are gone.
+    assert!(http_get(health, "/healthz").await.is_none());
+
+    let log = api.log.lock().expect("log").clone();
+    let verbs: std::collections::BTreeSet<_> = log
+        .iter()
+        .map(|l| {
+            let (verb, path) = l.split_once(' ').expect("verb path");
+            let resource = if path.contains("/leases") {
+                "leases"
+            } else {
+                "customresourcedefinitions"
+            };
+            format!("{verb} {resource}")
+        })
+        .collect();
+    assert_eq!(
+        verbs.into_iter().collect::<Vec<_>>(),
+        [
+            "GET customresourcedefinitions",
+            "GET leases",
+            "PATCH leases",
+            "POST leases"
+        ],
+        "{log:?}"
+    );
+}
