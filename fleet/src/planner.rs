@@ -20,7 +20,8 @@
 //!   all remaining); clusters no stage takes, and named clusters that are not registered, are
 //!   reported in the `TargetsResolved` condition and are never updated.
 //! - **Order** within a stage: by the `sortingLabelKey` label, as integers when both values
-//!   parse, else as text; clusters without the label come after those with it; ties by name.
+//!   parse, else as text; to keep the order total, values that parse as integers come before
+//!   other values, and clusters without the label come last; ties by name.
 //! - **`maxConcurrency`** (default 1): clusters applied but not yet healthy, failed or
 //!   unreachable. A percentage of the stage's clusters is rounded down (Kubernetes' rule for
 //!   `maxUnavailable`, as Azure Fleet does for this field), with a minimum of 1; an integer must be
@@ -355,6 +356,14 @@ fn compile(spec: &FleetRolloutSpec) -> Result<Compiled, PlanError> {
             })
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// Position of a cluster within its stage by the sorting label.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SortKey<'a> {
+    Int(i64),
+    Text(&'a str),
+    Missing,
 }
 
 /// Stage limits resolved against the stage's cluster count.
@@ -717,20 +726,23 @@ impl<'a> Planner<'a> {
         }
         for (stage, clusters) in spec.stages.iter().zip(&mut stages) {
             let key = stage.sorting_label_key.as_deref();
-            clusters.sort_by(|a, b| {
-                let va = key.and_then(|k| a.labels.get(k));
-                let vb = key.and_then(|k| b.labels.get(k));
-                let by_label = match (va, vb) {
-                    (Some(x), Some(y)) => match (x.parse::<i64>(), y.parse::<i64>()) {
-                        (Ok(x), Ok(y)) => x.cmp(&y),
-                        _ => x.cmp(y),
-                    },
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                };
-                by_label.then_with(|| a.name.cmp(&b.name))
-            });
+            // A total order (sorting must never see an inconsistent comparison): integers
+            // numerically, then other values as text, then clusters without the label; ties by name.
+            let mut keyed: Vec<(SortKey<'a>, &'a MemberCluster)> = clusters
+                .iter()
+                .map(|c| {
+                    let k = match key.and_then(|k| c.labels.get(k)) {
+                        Some(v) => match v.parse::<i64>() {
+                            Ok(n) => SortKey::Int(n),
+                            Err(_) => SortKey::Text(v.as_str()),
+                        },
+                        None => SortKey::Missing,
+                    };
+                    (k, *c)
+                })
+                .collect();
+            keyed.sort_unstable_by(|(ka, a), (kb, b)| ka.cmp(kb).then_with(|| a.name.cmp(&b.name)));
+            *clusters = keyed.into_iter().map(|(_, c)| c).collect();
         }
         stages
     }

@@ -351,23 +351,25 @@ fn ordering_by_sorting_label_then_name() {
         cluster("e-two", &[("app", "pay"), ("order", "2")]),
         cluster("f-two", &[("app", "pay"), ("order", "2")]),
         cluster("0-none", &[("app", "pay")]),
+        // "1a" vs "10" vs "9" would be a cycle under pairwise int-or-text comparison.
+        cluster("g-mixed", &[("app", "pay"), ("order", "1a")]),
     ];
     let mut w = World::new(
         spec(json!([{"name": "all", "sortingLabelKey": "order", "maxConcurrency": 1}])),
         clusters,
     );
     let mut order = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..8 {
         let a = applies(&w.step());
         assert_eq!(a.len(), 1);
         order.extend(a);
         w.all_healthy();
     }
-    // 2, 2 (ties by name), 9, 10 numerically; "zeta" after as text; missing labels last, by name.
+    // 2, 2 (ties by name), 9, 10 numerically; then text values; missing labels last, by name.
     assert_eq!(
         order,
         [
-            "e-two", "f-two", "c-nine", "b-ten", "a-text", "0-none", "d-none"
+            "e-two", "f-two", "c-nine", "b-ten", "g-mixed", "a-text", "0-none", "d-none"
         ]
     );
 }
