@@ -29,6 +29,8 @@ pub enum Command {
     ///
     /// Install them with `overseer crd | kubectl apply --server-side -f -`.
     Crd,
+    /// Manage ephemeral identities (`overseer identities revoke --agent NAME`).
+    Identities(crate::identity::cli::IdentitiesArgs),
 }
 
 /// How logs are written.

@@ -9,6 +9,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => print_crds(),
+        Command::Identities(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(operator::identity::cli::run(args))),
         Command::Run(args) => operator::telemetry::init(&cli.log).and_then(|()| {
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

@@ -14,6 +14,7 @@
 
 pub mod build;
 pub mod checks;
+pub mod cli;
 pub mod controller;
 pub mod names;
 pub mod reconcile;
