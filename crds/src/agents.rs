@@ -213,7 +213,7 @@ pub struct ToolRule {
     /// What happens when the rule matches.
     pub effect: RuleEffect,
     /// Optional Cedar condition over the request (the body of a `when { ... }` clause), e.g.
-    /// `context.arguments.amount_micro_usd > 1000000 || context.target like "prod-*"`. The rule
+    /// `context.arguments.amount_micro_usd > 1000000 || (context has target && context.target like "prod-*")`. The rule
     /// only matches when it holds. See the documentation for the attributes of `context`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]

@@ -31,6 +31,29 @@ pub enum Command {
     Crd,
     /// Manage ephemeral identities (`overseer identities revoke --agent NAME`).
     Identities(crate::identity::cli::IdentitiesArgs),
+    /// Serve the decision API from a directory of AgentPolicy YAML files, without a cluster;
+    /// the policies are reloaded when the directory changes.
+    Serve(crate::decision::standalone::ServeArgs),
+    /// Decide one request against a directory of policies and print the decision and its
+    /// reasons. Exit status: 0 allow, 1 deny, 2 approval required, 3 could not decide.
+    Check(crate::decision::standalone::CheckArgs),
+    /// Tools for the hash-chained audit log.
+    Audit {
+        /// What to do with the audit log.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Subcommands of `overseer audit`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit log file and name the first broken record. Exit status 0
+    /// when the chain is intact, 1 when it is broken or unreadable.
+    Verify {
+        /// The audit log file (JSON lines).
+        file: std::path::PathBuf,
+    },
 }
 
 /// How logs are written.

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod decision;
 pub mod health;
 pub mod identity;
 pub mod leader;

@@ -3,7 +3,7 @@
 use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
-use operator::cli::{Cli, Command, LogFormat};
+use operator::cli::{AuditCommand, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,6 +17,20 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(operator::runtime::run(args)))
         }),
+        Command::Serve(args) => operator::telemetry::init(&cli.log).and_then(|()| {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(operator::decision::standalone::run_serve(args, async {
+                        let signal = operator::runtime::wait_for_signal().await;
+                        tracing::info!(signal, "received shutdown signal");
+                    }))
+                })
+        }),
+        Command::Check(args) => return operator::decision::standalone::run_check(&args),
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => return operator::decision::standalone::run_audit_verify(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Where an approval stands.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", tag = "phase")]
 pub enum ApprovalState {
     /// Waiting for a reviewer.
@@ -46,7 +46,7 @@ pub enum ApprovalState {
 }
 
 /// One approval request.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
     /// Approval id.
@@ -176,7 +176,7 @@ impl ApprovalError {
 }
 
 /// A reviewer's verdict.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum Verdict {
     /// Allow the exact request once.
     Approve,

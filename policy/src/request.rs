@@ -39,7 +39,7 @@ pub const MAX_LABEL_VALUE_LEN: usize = 63;
 
 /// A request for a decision: may this principal call this tool, on this target, with these
 /// arguments, now?
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DecisionRequest {
     /// The agent that wants to act, as authenticated by the caller.
@@ -73,7 +73,7 @@ pub struct DecisionRequest {
 }
 
 /// The agent a request is made for.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Principal {
     /// Agent identifier (an agent ID, a SPIFFE ID, a ServiceAccount username...).
@@ -100,7 +100,7 @@ pub struct Principal {
 }
 
 /// How a principal was identified.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum PrincipalKind {
     /// A Kubernetes ServiceAccount token.
     ServiceAccount,
@@ -136,7 +136,7 @@ impl Principal {
 }
 
 /// Consumption of a call: LLM tokens and cost in integer micro-USD.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Usage {
     /// LLM tokens.
@@ -372,7 +372,7 @@ fn write_canonical(value: &Value, hasher: &mut Sha256) {
 }
 
 /// The answer to a decision request.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The call may proceed.
@@ -411,7 +411,7 @@ impl fmt::Display for Outcome {
 
 /// Why a reason was given. Codes starting with `audit_` come from policies in `Audit` mode: they
 /// say what the policy would have done and never change the answer.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// An `Allow` rule (or a raw Cedar `permit`) matched.
@@ -481,7 +481,7 @@ impl ReasonCode {
 }
 
 /// One reason for a decision: which policy and rule decided, and why.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reason {
     /// The deciding policy: `namespace/name` for an `AgentPolicy`, `name` for a
@@ -499,7 +499,7 @@ pub struct Reason {
 }
 
 /// How policy modes shaped the answer.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModeInfo {
     /// What the answer would have been if every `Audit` mode policy were enforced, when that is
@@ -509,7 +509,7 @@ pub struct ModeInfo {
 }
 
 /// A pending approval created for a `require_approval` answer.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalRef {
     /// Approval id.
@@ -519,7 +519,7 @@ pub struct ApprovalRef {
 }
 
 /// The decision returned for a request.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
     /// `allow`, `deny` or `require_approval`.

@@ -143,8 +143,9 @@ async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Wait for SIGTERM or SIGINT; returns which one arrived.
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
+pub async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {
@@ -159,8 +160,9 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Wait for Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
+pub async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "Ctrl-C"
 }

@@ -1,0 +1,297 @@
+//! Caller authentication for the standalone decision service: explicit API keys.
+//!
+//! Keys are given in a YAML file of entries `{name, role, sha256 | key, agent?, groups?}`; only
+//! their SHA-256 digests are kept in memory and keys are compared digest to digest in constant
+//! time. A caller presents its key as `Authorization: Bearer <key>`.
+//!
+//! Roles:
+//! * `agent` — may ask for decisions only for the principal id named by `agent`, and commit usage;
+//! * `gateway` — a trusted enforcement point (the MCP gateway, Envoy): may ask for any principal;
+//! * `approver` — may review approvals, as the reviewer `name` with `groups`;
+//! * `admin` — all of the above.
+//!
+//! Without keys the service only starts with `--insecure-no-auth` on a loopback address; every
+//! caller is then an anonymous `gateway` that cannot review approvals.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What an authenticated caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Decisions for one principal only.
+    Agent,
+    /// Decisions for any principal.
+    Gateway,
+    /// Reviews approvals.
+    Approver,
+    /// Everything.
+    Admin,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Who: the key's name (the reviewer identity for approvals).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// For `agent` keys: the only principal id it may ask for.
+    pub agent: Option<String>,
+    /// Groups, matched against a policy's `approval.groups`.
+    pub groups: Vec<String>,
+}
+
+impl Caller {
+    /// The anonymous caller of `--insecure-no-auth` mode.
+    pub fn anonymous() -> Self {
+        Self {
+            name: "anonymous".into(),
+            role: Role::Gateway,
+            agent: None,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Whether it may ask for a decision on behalf of `principal_id`.
+    pub fn may_decide_for(&self, principal_id: &str) -> bool {
+        match self.role {
+            Role::Gateway | Role::Admin => true,
+            Role::Agent => self.agent.as_deref() == Some(principal_id),
+            Role::Approver => false,
+        }
+    }
+
+    /// Whether it may review approvals.
+    pub fn may_review(&self) -> bool {
+        matches!(self.role, Role::Approver | Role::Admin)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    keys: Vec<KeyEntry>,
+}
+
+/// One known key: its digest and the caller it authenticates.
+#[derive(Clone, Debug)]
+pub struct KeyRecord {
+    digest: [u8; 32],
+    caller: Caller,
+}
+
+/// Why the key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be read.
+    #[error("cannot read API key file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("API key file {path} is invalid: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What to fix.
+        message: String,
+    },
+}
+
+/// How callers are authenticated.
+#[derive(Clone, Debug)]
+pub enum Authenticator {
+    /// API keys.
+    ApiKeys(Vec<KeyRecord>),
+    /// No authentication (loopback only; see the module docs).
+    Insecure,
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing `Authorization: Bearer <api key>` header")]
+    Missing,
+    /// The key is not known.
+    #[error("unknown API key")]
+    Unknown,
+}
+
+impl Authenticator {
+    /// Load API keys from a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self, KeyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| KeyFileError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parse API keys from YAML (`keys: [{name, role, key | sha256, agent?, groups?}]`).
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        let file: KeyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        if file.keys.is_empty() {
+            return Err("`keys` is empty: list at least one key".into());
+        }
+        let mut records = Vec::with_capacity(file.keys.len());
+        for (i, entry) in file.keys.into_iter().enumerate() {
+            let at = format!("keys[{i}] ({})", entry.name);
+            if entry.name.is_empty() {
+                return Err(format!("keys[{i}]: name must not be empty"));
+            }
+            let digest = match (&entry.key, &entry.sha256) {
+                (Some(key), None) if key.len() >= 16 => Sha256::digest(key.as_bytes()).into(),
+                (Some(_), None) => return Err(format!("{at}: key must be at least 16 characters")),
+                (None, Some(hex_digest)) => {
+                    let bytes = hex::decode(hex_digest)
+                        .map_err(|e| format!("{at}: sha256 is not hex: {e}"))?;
+                    <[u8; 32]>::try_from(bytes.as_slice())
+                        .map_err(|_| format!("{at}: sha256 must be 64 hex digits"))?
+                }
+                _ => return Err(format!("{at}: set exactly one of key or sha256")),
+            };
+            if entry.role == Role::Agent && entry.agent.as_deref().is_none_or(str::is_empty) {
+                return Err(format!("{at}: an agent key must name its agent"));
+            }
+            records.push(KeyRecord {
+                digest,
+                caller: Caller {
+                    name: entry.name,
+                    role: entry.role,
+                    agent: entry.agent,
+                    groups: entry.groups,
+                },
+            });
+        }
+        Ok(Self::ApiKeys(records))
+    }
+
+    /// Authenticate the value of an `Authorization` header.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        let records = match self {
+            Self::Insecure => return Ok(Caller::anonymous()),
+            Self::ApiKeys(records) => records,
+        };
+        let key = authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // Compare against every record so the time taken does not reveal which one matched.
+        let mut found = None;
+        for record in records {
+            if bool::from(record.digest.ct_eq(&digest)) {
+                found = Some(record);
+            }
+        }
+        found.map(|r| r.caller.clone()).ok_or(AuthError::Unknown)
+    }
+
+    /// Whether callers are authenticated at all.
+    pub fn is_insecure(&self) -> bool {
+        matches!(self, Self::Insecure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: &str = r#"
+keys:
+  - name: support-bot
+    role: agent
+    agent: support-bot
+    key: "agent-key-0123456789"
+  - name: alice
+    role: approver
+    groups: [finance-approvers]
+    sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+"#;
+
+    #[test]
+    fn keys_authenticate_their_callers() {
+        let auth = Authenticator::from_yaml(KEYS).expect("valid");
+        let agent = auth
+            .authenticate(Some("Bearer agent-key-0123456789"))
+            .expect("agent");
+        assert_eq!(agent.role, Role::Agent);
+        assert!(agent.may_decide_for("support-bot"));
+        assert!(!agent.may_decide_for("finance-bot"));
+        assert!(!agent.may_review());
+        // sha256("hello")
+        let alice = auth.authenticate(Some("Bearer hello")).expect("approver");
+        assert_eq!(alice.name, "alice");
+        assert!(alice.may_review());
+        assert!(!alice.may_decide_for("support-bot"));
+    }
+
+    #[test]
+    fn missing_and_unknown_keys_are_refused() {
+        let auth = Authenticator::from_yaml(KEYS).expect("valid");
+        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(
+            auth.authenticate(Some("Basic abc")),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(Some("Bearer nope")),
+            Err(AuthError::Unknown)
+        );
+    }
+
+    #[test]
+    fn bad_key_files_say_what_to_fix() {
+        for (yaml, expect) in [
+            ("keys: []", "at least one key"),
+            ("keys: [{name: a, role: agent, key: short}]", "at least 16"),
+            (
+                "keys: [{name: a, role: agent, key: '0123456789abcdefg'}]",
+                "must name its agent",
+            ),
+            (
+                "keys: [{name: a, role: gateway}]",
+                "exactly one of key or sha256",
+            ),
+            ("keys: [{name: a, role: gateway, sha256: zz}]", "not hex"),
+            (
+                "keys: [{name: a, role: root, key: '0123456789abcdefg'}]",
+                "unknown variant",
+            ),
+        ] {
+            let err = Authenticator::from_yaml(yaml).expect_err(yaml);
+            assert!(err.contains(expect), "{yaml}: {err}");
+        }
+    }
+}
