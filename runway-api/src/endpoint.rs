@@ -45,7 +45,7 @@ fn metadata(runtime_name: &str, namespace: &str, owner: Option<&OwnerReference>)
         json!({MANAGED_BY_LABEL: MANAGED_BY_VALUE, RUNTIME_LABEL: label_value(runtime_name)}),
     );
     if let Some(owner) = owner_json(owner) {
-        meta.insert("ownerReferences".into(), json!([owner]));
+        meta.insert("ownerReferences".into(), Value::Array(vec![owner]));
     }
     Value::Object(meta)
 }
@@ -170,7 +170,10 @@ pub fn http_route(
         refs.push(Value::Object(r));
     }
     let mut spec = Map::new();
-    spec.insert("parentRefs".into(), json!([parent]));
+    spec.insert(
+        "parentRefs".into(),
+        Value::Array(vec![Value::Object(parent)]),
+    );
     if !gateway.hostnames.is_empty() {
         spec.insert("hostnames".into(), json!(gateway.hostnames));
     }

@@ -6,7 +6,7 @@ use overseer_crds::{
     common::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     runway::BackendKind,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::RenderInput;
@@ -75,7 +75,6 @@ pub(crate) fn is_dns1123_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.last()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && !b[0].is_ascii_uppercase()
 }
 
 /// Whether `s` is a DNS-1123 subdomain (≤ 253 characters, dot-separated labels).
@@ -159,7 +158,7 @@ pub(crate) fn object_meta(input: &RenderInput<'_>, name: &str, component: Option
         Value::Object(object_labels(input, component)),
     );
     if let Some(owner) = owner_json(input.owner) {
-        meta.insert("ownerReferences".into(), json!([owner]));
+        meta.insert("ownerReferences".into(), Value::Array(vec![owner]));
     }
     Value::Object(meta)
 }
@@ -171,19 +170,30 @@ pub(crate) fn owner_json(
     owner.and_then(|o| serde_json::to_value(o).ok())
 }
 
+/// A JSON object from owned entries. Unlike `json!`, which re-serializes every interpolated
+/// `Value` (a deep copy), this moves them: rendering nests pod specs several levels deep.
+pub(crate) fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
 /// A complete object.
-pub(crate) fn object(
+pub(crate) fn object<const N: usize>(
     api_version: &str,
     kind: &str,
     metadata: Value,
-    body: &[(&str, Value)],
+    body: [(&str, Value); N],
 ) -> Value {
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), api_version.into());
     obj.insert("kind".into(), kind.into());
     obj.insert("metadata".into(), metadata);
     for (k, v) in body {
-        obj.insert((*k).into(), v.clone());
+        obj.insert(k.into(), v);
     }
     Value::Object(obj)
 }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     RenderInput,
-    meta::{object, object_meta, selector_json},
+    meta::{map, object, object_meta, selector_json},
     model::{ModelSource, served_name},
 };
 
@@ -215,7 +215,7 @@ pub(crate) fn vllm_container(
     }
     c.insert("resources".into(), resources(spec));
     if !mounts.is_empty() {
-        c.insert("volumeMounts".into(), json!(mounts));
+        c.insert("volumeMounts".into(), Value::Array(mounts.to_vec()));
     }
     if probes {
         for (k, v) in vllm_probes(port) {
@@ -239,14 +239,20 @@ pub(crate) fn deployment(
         "apps/v1",
         "Deployment",
         object_meta(input, name, Some(component)),
-        &[(
+        [(
             "spec",
-            json!({
-                "replicas": replicas,
-                "revisionHistoryLimit": 2,
-                "selector": {"matchLabels": selector_json(selector)},
-                "template": {"metadata": {"labels": pod_labels}, "spec": Value::Object(pod_spec)},
-            }),
+            map([
+                ("replicas", replicas.into()),
+                ("revisionHistoryLimit", 2.into()),
+                ("selector", map([("matchLabels", selector_json(selector))])),
+                (
+                    "template",
+                    map([
+                        ("metadata", map([("labels", pod_labels)])),
+                        ("spec", Value::Object(pod_spec)),
+                    ]),
+                ),
+            ]),
         )],
     )
 }
@@ -263,7 +269,7 @@ pub(crate) fn service(
         "v1",
         "Service",
         object_meta(input, name, Some(component)),
-        &[(
+        [(
             "spec",
             json!({"type": "ClusterIP", "selector": selector_json(selector), "ports": ports}),
         )],

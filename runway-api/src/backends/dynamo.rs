@@ -9,7 +9,7 @@ use crate::{
     Backend, EndpointTarget, RenderError, RenderInput, RequiredApi, RevisionReadiness,
     RouteBackend, ValidationIssue,
     backend::{finish, refuse_preset, require_gpu, validate_spec},
-    meta::{object, object_meta, pod_labels},
+    meta::{map, object, object_meta, pod_labels},
     model::ModelSource,
     pod::{self, MODEL_MOUNT, VLLM_PORT},
     readiness::{self, Part},
@@ -103,23 +103,26 @@ fn component(input: &RenderInput<'_>, role: &str, replicas: i32) -> Value {
         }
         main.insert("resources".into(), pod::resources(spec));
         if !mounts.is_empty() {
-            main.insert("volumeMounts".into(), json!(mounts));
+            main.insert("volumeMounts".into(), Value::Array(mounts));
         }
         if !volumes.is_empty() {
-            pod_spec.insert("volumes".into(), json!(volumes));
+            pod_spec.insert("volumes".into(), Value::Array(volumes));
         }
         pod::add_placement(spec, &mut pod_spec);
     }
-    pod_spec.insert("containers".into(), json!([Value::Object(main)]));
-    json!({
-        "name": role,
-        "type": role,
-        "replicas": replicas,
-        "podTemplate": {
-            "metadata": {"labels": pod_labels(input, role, &[])},
-            "spec": Value::Object(pod_spec),
-        },
-    })
+    pod_spec.insert("containers".into(), Value::Array(vec![Value::Object(main)]));
+    map([
+        ("name", role.into()),
+        ("type", role.into()),
+        ("replicas", replicas.into()),
+        (
+            "podTemplate",
+            map([
+                ("metadata", map([("labels", pod_labels(input, role, &[]))])),
+                ("spec", Value::Object(pod_spec)),
+            ]),
+        ),
+    ])
 }
 
 fn prefill_replicas(input: &RenderInput<'_>) -> i32 {
@@ -157,9 +160,12 @@ impl Backend for Dynamo {
             API_VERSION,
             "DynamoGraphDeployment",
             object_meta(input, input.revision_name, None),
-            &[(
+            [(
                 "spec",
-                json!({"backendFramework": "vllm", "components": components}),
+                map([
+                    ("backendFramework", "vllm".into()),
+                    ("components", Value::Array(components)),
+                ]),
             )],
         )])
     }

@@ -9,7 +9,7 @@ use crate::{
     Backend, EndpointTarget, RenderError, RenderInput, RequiredApi, RevisionReadiness,
     RouteBackend, ValidationIssue,
     backend::{finish, refuse_disaggregated, require_gpu, validate_spec},
-    meta::{RUNTIME_LABEL, label_value, object, object_meta, selector_json},
+    meta::{RUNTIME_LABEL, label_value, map, object, object_meta, selector_json},
     model::ModelSource,
     pod::{self, HF_TOKEN_ENV},
     readiness::{self, Part},
@@ -146,7 +146,7 @@ fn config_map(input: &RenderInput<'_>) -> Value {
         "v1",
         "ConfigMap",
         object_meta(input, &config_name(input.revision_name), Some("config")),
-        &[("data", json!({CONFIG_KEY: yaml}))],
+        [("data", json!({CONFIG_KEY: yaml}))],
     )
 }
 
@@ -218,7 +218,7 @@ impl Backend for Kaito {
                 API_VERSION,
                 "Workspace",
                 object_meta(input, input.revision_name, None),
-                &[
+                [
                     ("resource", resource(input)),
                     ("inference", inference(input)),
                 ],
@@ -229,13 +229,16 @@ impl Backend for Kaito {
                 API_VERSION,
                 "InferenceSet",
                 object_meta(input, input.revision_name, None),
-                &[(
+                [(
                     "spec",
-                    json!({
-                        "replicas": input.replicas(),
-                        "labelSelector": {"matchLabels": selector_json(&node_labels)},
-                        "template": template(input),
-                    }),
+                    map([
+                        ("replicas", input.replicas().into()),
+                        (
+                            "labelSelector",
+                            map([("matchLabels", selector_json(&node_labels))]),
+                        ),
+                        ("template", template(input)),
+                    ]),
                 )],
             )
         };

@@ -10,7 +10,7 @@ use crate::{
     Backend, EndpointTarget, RenderError, RenderInput, RequiredApi, RevisionReadiness,
     RouteBackend, ValidationIssue,
     backend::{finish, refuse_disaggregated, refuse_preset, validate_spec},
-    meta::{object, object_meta, pod_labels},
+    meta::{map, object, object_meta, pod_labels},
     pod::{self, VLLM_PORT},
     readiness::{self, Part},
 };
@@ -77,9 +77,9 @@ impl Backend for Kserve {
             predictor.insert("maxReplicas".into(), replicas.into());
         }
         predictor.insert("labels".into(), pod_labels(input, "server", &[]));
-        predictor.insert("containers".into(), json!([container]));
+        predictor.insert("containers".into(), Value::Array(vec![container]));
         if !volumes.is_empty() {
-            predictor.insert("volumes".into(), json!(volumes));
+            predictor.insert("volumes".into(), Value::Array(volumes));
         }
         pod::add_placement(spec, &mut predictor);
         let mut metadata = object_meta(input, input.revision_name, None);
@@ -96,7 +96,7 @@ impl Backend for Kserve {
             API_VERSION,
             "InferenceService",
             metadata,
-            &[("spec", json!({"predictor": predictor}))],
+            [("spec", map([("predictor", Value::Object(predictor))]))],
         )])
     }
 

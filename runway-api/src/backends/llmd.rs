@@ -156,9 +156,9 @@ fn model_server(input: &RenderInput<'_>, role: &str, replicas: i32) -> Value {
             }]),
         );
     }
-    pod_spec.insert("containers".into(), json!([container]));
+    pod_spec.insert("containers".into(), Value::Array(vec![container]));
     if !volumes.is_empty() {
-        pod_spec.insert("volumes".into(), json!(volumes));
+        pod_spec.insert("volumes".into(), Value::Array(volumes));
     }
     pod::add_placement(spec, &mut pod_spec);
     let selector = revision_labels(input.runtime_name, input.revision_name, role);
@@ -214,15 +214,15 @@ fn endpoint_picker(input: &RenderInput<'_>, replicas: i32) -> [Value; 5] {
     });
     let mut pod_spec = Map::new();
     pod_spec.insert("serviceAccountName".into(), name.clone().into());
-    pod_spec.insert("containers".into(), json!([container]));
+    pod_spec.insert("containers".into(), Value::Array(vec![container]));
     let read = json!(["get", "list", "watch"]);
     [
-        object("v1", "ServiceAccount", meta(), &[]),
+        object("v1", "ServiceAccount", meta(), []),
         object(
             "rbac.authorization.k8s.io/v1",
             "Role",
             meta(),
-            &[(
+            [(
                 "rules",
                 json!([
                     {"apiGroups": [""], "resources": ["pods"], "verbs": read},
@@ -235,7 +235,7 @@ fn endpoint_picker(input: &RenderInput<'_>, replicas: i32) -> [Value; 5] {
             "rbac.authorization.k8s.io/v1",
             "RoleBinding",
             meta(),
-            &[
+            [
                 (
                     "roleRef",
                     json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}),
@@ -301,7 +301,7 @@ impl Backend for LlmD {
             POOL_API_VERSION,
             "InferencePool",
             object_meta(input, input.revision_name, None),
-            &[(
+            [(
                 "spec",
                 json!({
                     "selector": {"matchLabels": selector_json(&pool_selector(input))},

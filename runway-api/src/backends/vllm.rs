@@ -56,9 +56,9 @@ impl Backend for Vllm {
             true,
         );
         let mut pod_spec = Map::new();
-        pod_spec.insert("containers".into(), json!([container]));
+        pod_spec.insert("containers".into(), Value::Array(vec![container]));
         if !volumes.is_empty() {
-            pod_spec.insert("volumes".into(), json!(volumes));
+            pod_spec.insert("volumes".into(), Value::Array(volumes));
         }
         pod::add_placement(spec, &mut pod_spec);
         Ok(vec![
