@@ -190,6 +190,8 @@ pub trait ApprovalStore: Send + Sync + fmt::Debug {
     /// Open `approval` (state `Pending`) unless a pending, unexpired approval for the same digest
     /// exists, in which case that one is returned and nothing is created.
     fn open(&self, approval: Approval, now: DateTime<Utc>) -> Result<Approval, ApprovalError>;
+    /// The pending, unexpired approval bound to `digest`, if any.
+    fn pending(&self, digest: &str, now: DateTime<Utc>) -> Option<Approval>;
     /// The approval with this id, with its state as of `now`.
     fn get(&self, id: &str, now: DateTime<Utc>) -> Option<Approval>;
     /// Record a review of a pending, unexpired approval. The caller has checked the reviewer
@@ -309,6 +311,17 @@ impl ApprovalStore for InMemoryApprovals {
             .push(approval.id.clone());
         inner.by_id.insert(approval.id.clone(), approval.clone());
         Ok(approval)
+    }
+
+    fn pending(&self, digest: &str, now: DateTime<Utc>) -> Option<Approval> {
+        let inner = self.lock();
+        inner
+            .by_digest
+            .get(digest)?
+            .iter()
+            .filter_map(|id| inner.by_id.get(id))
+            .find(|a| a.state_at(now) == ApprovalState::Pending)
+            .cloned()
     }
 
     fn get(&self, id: &str, now: DateTime<Utc>) -> Option<Approval> {

@@ -348,6 +348,8 @@ struct CedarEntry {
     effect: Outcome,
     reason: Option<String>,
     policy: Policy,
+    /// Which parts of the Cedar input the policy can read ([`schema::needs_of`]).
+    needs: u8,
 }
 
 /// Tool name → candidate rules.
@@ -521,7 +523,11 @@ impl CompiledPolicies {
         }
 
         if !enforce_set.is_empty() || !audit_set.is_empty() {
-            match schema::cedar_input(req, now) {
+            let needs = enforce_set
+                .iter()
+                .chain(&audit_set)
+                .fold(0, |n, &c| n | self.cedar[c as usize].needs);
+            match schema::cedar_input_for(req, now, needs) {
                 Ok(input) => {
                     self.run_cedar(&input, enforce_set, &mut eval.enforce);
                     self.run_cedar(&input, audit_set, &mut eval.audit);
@@ -1004,6 +1010,7 @@ fn compile_one(src: &PolicySource, validator: &Validator) -> (PolicyReport, Opti
                             effect,
                             reason: t.reason.clone(),
                             policy,
+                            needs: schema::needs_of(when),
                         });
                         cedar_idx = Some(idx as u32);
                     }
@@ -1106,6 +1113,7 @@ fn compile_one(src: &PolicySource, validator: &Validator) -> (PolicyReport, Opti
                         effect,
                         reason: p.annotation("reason").map(str::to_owned),
                         policy: p.new_id(PolicyId::new(idx.to_string())),
+                        needs: schema::NEED_ALL,
                     });
                     raw_cedar.push(idx as u32);
                 }

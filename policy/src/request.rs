@@ -136,7 +136,9 @@ impl Principal {
 }
 
 /// Consumption of a call: LLM tokens and cost in integer micro-USD.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Usage {
     /// LLM tokens.
@@ -315,59 +317,94 @@ impl DecisionRequest {
     /// principal id, tool, server, target, arguments (object keys sorted at every level), user
     /// and tenant. An approval is bound to this digest: only the exact same call can use it.
     pub fn digest(&self) -> String {
-        let canonical = serde_json::json!({
-            "principal": self.principal.id,
-            "tool": self.tool,
-            "server": self.server,
-            "target": self.target,
-            "arguments": Value::Object(self.arguments.clone()),
-            "user": self.user,
-            "tenant": self.tenant,
-        });
-        let mut hasher = Sha256::new();
-        write_canonical(&canonical, &mut hasher);
-        hex::encode(hasher.finalize())
+        // Canonical JSON of {arguments, principal, server, target, tenant, tool, user}, keys in
+        // sorted order, absent optional fields as `null`.
+        let mut h = HashWriter(Sha256::new());
+        h.0.update(b"{\"arguments\":");
+        write_canonical_map(&self.arguments, &mut h);
+        for (key, value) in [
+            ("principal", Some(self.principal.id.as_str())),
+            ("server", self.server.as_deref()),
+            ("target", self.target.as_deref()),
+            ("tenant", self.tenant.as_deref()),
+            ("tool", Some(self.tool.as_str())),
+            ("user", self.user.as_deref()),
+        ] {
+            h.0.update(b",\"");
+            h.0.update(key.as_bytes());
+            h.0.update(b"\":");
+            match value {
+                Some(v) => write_json_string(v, &mut h),
+                None => h.0.update(b"null"),
+            }
+        }
+        h.0.update(b"}");
+        hex::encode(h.0.finalize())
     }
 
     /// SHA-256 (lower-case hex) of the canonical JSON of the arguments alone, for audit records
     /// that must not carry the arguments themselves.
     pub fn arguments_digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        write_canonical(&Value::Object(self.arguments.clone()), &mut hasher);
-        hex::encode(hasher.finalize())
+        let mut h = HashWriter(Sha256::new());
+        write_canonical_map(&self.arguments, &mut h);
+        hex::encode(h.0.finalize())
     }
 }
 
-/// Write `value` as canonical JSON: no whitespace, object keys sorted by their UTF-8 bytes.
-fn write_canonical(value: &Value, hasher: &mut Sha256) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            hasher.update(b"{");
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    hasher.update(b",");
-                }
-                write_canonical(&Value::String(k.clone()), hasher);
-                hasher.update(b":");
-                if let Some(v) = map.get(k) {
-                    write_canonical(v, hasher);
-                }
-            }
-            hasher.update(b"}");
+/// Feeds written bytes into a SHA-256.
+struct HashWriter(Sha256);
+
+impl io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_json_string(s: &str, h: &mut HashWriter) {
+    // Writing a string into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut *h, s);
+}
+
+fn write_canonical_map(map: &Map<String, Value>, h: &mut HashWriter) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    h.0.update(b"{");
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            h.0.update(b",");
         }
+        write_json_string(k, h);
+        h.0.update(b":");
+        if let Some(v) = map.get(k) {
+            write_canonical(v, h);
+        }
+    }
+    h.0.update(b"}");
+}
+
+/// Write `value` as canonical JSON: no whitespace, object keys sorted by their UTF-8 bytes.
+fn write_canonical(value: &Value, h: &mut HashWriter) {
+    match value {
+        Value::Object(map) => write_canonical_map(map, h),
         Value::Array(items) => {
-            hasher.update(b"[");
+            h.0.update(b"[");
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    hasher.update(b",");
+                    h.0.update(b",");
                 }
-                write_canonical(v, hasher);
+                write_canonical(v, h);
             }
-            hasher.update(b"]");
+            h.0.update(b"]");
         }
-        other => hasher.update(other.to_string().as_bytes()),
+        Value::String(s) => write_json_string(s, h),
+        // null, booleans and numbers have one compact form.
+        other => {
+            let _ = serde_json::to_writer(&mut *h, other);
+        }
     }
 }
 
@@ -499,7 +536,9 @@ pub struct Reason {
 }
 
 /// How policy modes shaped the answer.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ModeInfo {
     /// What the answer would have been if every `Audit` mode policy were enforced, when that is

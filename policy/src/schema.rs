@@ -94,13 +94,136 @@ pub struct CedarInput {
     pub entities: Entities,
 }
 
+/// The principal entity (attributes and tags) is needed.
+pub(crate) const NEED_PRINCIPAL: u8 = 1;
+/// `context.arguments` is needed.
+pub(crate) const NEED_ARGUMENTS: u8 = 2;
+/// `context.time` is needed.
+pub(crate) const NEED_TIME: u8 = 4;
+/// `context.usage` is needed.
+pub(crate) const NEED_USAGE: u8 = 8;
+/// Everything.
+pub(crate) const NEED_ALL: u8 = 15;
+
+/// What a condition can read, found conservatively from its text: Cedar has no way to name
+/// `principal`, `arguments`, `time` or `usage` without writing those words, and a `context` used
+/// as a whole (not followed by `.`, `[` or `has`) needs everything.
+pub(crate) fn needs_of(text: &str) -> u8 {
+    let mut n = 0;
+    for (word, flag) in [
+        ("principal", NEED_PRINCIPAL),
+        ("arguments", NEED_ARGUMENTS),
+        ("time", NEED_TIME),
+        ("usage", NEED_USAGE),
+    ] {
+        if text.contains(word) {
+            n |= flag;
+        }
+    }
+    for (i, _) in text.match_indices("context") {
+        let rest = text[i + "context".len()..].trim_start();
+        if !(rest.starts_with('.') || rest.starts_with('[') || rest.starts_with("has")) {
+            return NEED_ALL;
+        }
+    }
+    n
+}
+
 /// Translate a decision request into a Cedar request and entity store.
 pub fn cedar_input(req: &DecisionRequest, now: DateTime<Utc>) -> Result<CedarInput, String> {
+    cedar_input_for(req, now, NEED_ALL)
+}
+
+/// Translate a decision request, building only the parts `needs` asks for (the rest is left
+/// out, which only policies that cannot read it are evaluated against).
+pub(crate) fn cedar_input_for(
+    req: &DecisionRequest,
+    now: DateTime<Utc>,
+    needs: u8,
+) -> Result<CedarInput, String> {
     let n = names()?;
     let principal =
         EntityUid::from_type_name_and_id(n.agent.clone(), EntityId::new(&req.principal.id));
     let resource = EntityUid::from_type_name_and_id(n.tool.clone(), EntityId::new(&req.tool));
 
+    let entities = if needs & NEED_PRINCIPAL != 0 {
+        principal_entities(req, &principal)?
+    } else {
+        Entities::empty()
+    };
+
+    let mut ctx: Vec<(String, RestrictedExpression)> = Vec::with_capacity(10);
+    ctx.push((
+        "tool".into(),
+        RestrictedExpression::new_string(req.tool.clone()),
+    ));
+    for (name, value) in [
+        ("server", &req.server),
+        ("target", &req.target),
+        ("user", &req.user),
+        ("tenant", &req.tenant),
+        ("sessionId", &req.session_id),
+    ] {
+        if let Some(v) = value {
+            ctx.push((name.into(), RestrictedExpression::new_string(v.clone())));
+        }
+    }
+    if needs & NEED_ARGUMENTS != 0 {
+        let args = req
+            .arguments
+            .iter()
+            .filter_map(|(k, v)| json_to_cedar(v).map(|e| (k.clone(), e)));
+        ctx.push((
+            "arguments".into(),
+            RestrictedExpression::new_record(args).map_err(|e| e.to_string())?,
+        ));
+    }
+    if needs & NEED_TIME != 0 {
+        let weekday = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            [now.weekday().num_days_from_monday() as usize];
+        let time = RestrictedExpression::new_record([
+            (
+                "unixSeconds".to_string(),
+                RestrictedExpression::new_long(now.timestamp()),
+            ),
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long(i64::from(now.hour())),
+            ),
+            (
+                "minute".to_string(),
+                RestrictedExpression::new_long(i64::from(now.minute())),
+            ),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_string(weekday.into()),
+            ),
+        ])
+        .map_err(|e| e.to_string())?;
+        ctx.push(("time".into(), time));
+    }
+    if needs & NEED_USAGE != 0 {
+        let usage = req.usage_estimate.unwrap_or_default();
+        let usage = RestrictedExpression::new_record([
+            (
+                "tokens".to_string(),
+                RestrictedExpression::new_long(saturating_i64(usage.tokens)),
+            ),
+            (
+                "costMicroUsd".to_string(),
+                RestrictedExpression::new_long(saturating_i64(usage.cost_micro_usd)),
+            ),
+        ])
+        .map_err(|e| e.to_string())?;
+        ctx.push(("usage".into(), usage));
+    }
+    let context = Context::from_pairs(ctx).map_err(|e| e.to_string())?;
+    let request = Request::new(principal, n.action.clone(), resource, context, None)
+        .map_err(|e| e.to_string())?;
+    Ok(CedarInput { request, entities })
+}
+
+fn principal_entities(req: &DecisionRequest, principal: &EntityUid) -> Result<Entities, String> {
     let mut attrs: HashMap<String, RestrictedExpression> = HashMap::with_capacity(5);
     let kind = req.principal.kind.map_or("Unspecified", |k| k.as_str());
     attrs.insert("kind".into(), RestrictedExpression::new_string(kind.into()));
@@ -121,71 +244,7 @@ pub fn cedar_input(req: &DecisionRequest, now: DateTime<Utc>) -> Result<CedarInp
         .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
     let entity = Entity::new_with_tags(principal.clone(), attrs, HashSet::new(), tags)
         .map_err(|e| e.to_string())?;
-    let entities = Entities::from_entities([entity], None).map_err(|e| e.to_string())?;
-
-    let mut ctx: Vec<(String, RestrictedExpression)> = Vec::with_capacity(10);
-    ctx.push((
-        "tool".into(),
-        RestrictedExpression::new_string(req.tool.clone()),
-    ));
-    for (name, value) in [
-        ("server", &req.server),
-        ("target", &req.target),
-        ("user", &req.user),
-        ("tenant", &req.tenant),
-        ("sessionId", &req.session_id),
-    ] {
-        if let Some(v) = value {
-            ctx.push((name.into(), RestrictedExpression::new_string(v.clone())));
-        }
-    }
-    let args = req
-        .arguments
-        .iter()
-        .filter_map(|(k, v)| json_to_cedar(v).map(|e| (k.clone(), e)));
-    ctx.push((
-        "arguments".into(),
-        RestrictedExpression::new_record(args).map_err(|e| e.to_string())?,
-    ));
-    let weekday = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-        [now.weekday().num_days_from_monday() as usize];
-    let time = RestrictedExpression::new_record([
-        (
-            "unixSeconds".to_string(),
-            RestrictedExpression::new_long(now.timestamp()),
-        ),
-        (
-            "hour".to_string(),
-            RestrictedExpression::new_long(i64::from(now.hour())),
-        ),
-        (
-            "minute".to_string(),
-            RestrictedExpression::new_long(i64::from(now.minute())),
-        ),
-        (
-            "weekday".to_string(),
-            RestrictedExpression::new_string(weekday.into()),
-        ),
-    ])
-    .map_err(|e| e.to_string())?;
-    ctx.push(("time".into(), time));
-    let usage = req.usage_estimate.unwrap_or_default();
-    let usage = RestrictedExpression::new_record([
-        (
-            "tokens".to_string(),
-            RestrictedExpression::new_long(saturating_i64(usage.tokens)),
-        ),
-        (
-            "costMicroUsd".to_string(),
-            RestrictedExpression::new_long(saturating_i64(usage.cost_micro_usd)),
-        ),
-    ])
-    .map_err(|e| e.to_string())?;
-    ctx.push(("usage".into(), usage));
-    let context = Context::from_pairs(ctx).map_err(|e| e.to_string())?;
-    let request = Request::new(principal, n.action.clone(), resource, context, None)
-        .map_err(|e| e.to_string())?;
-    Ok(CedarInput { request, entities })
+    Entities::from_entities([entity], None).map_err(|e| e.to_string())
 }
 
 fn saturating_i64(v: u64) -> i64 {
@@ -256,5 +315,27 @@ mod tests {
             kind: Some(PrincipalKind::Agent),
             ..Default::default()
         };
+    }
+}
+
+#[cfg(test)]
+mod needs_tests {
+    use super::*;
+
+    #[test]
+    fn needs_are_found_conservatively() {
+        assert_eq!(
+            needs_of("context.arguments has a && context.arguments.a < 3"),
+            NEED_ARGUMENTS
+        );
+        assert_eq!(needs_of("context.time.hour < 9"), NEED_TIME);
+        assert_eq!(needs_of("principal.getTag(\"x\") == \"y\""), NEED_PRINCIPAL);
+        assert_eq!(
+            needs_of("context has usage && context.usage.tokens > 5"),
+            NEED_USAGE
+        );
+        assert_eq!(needs_of("context.tool == \"x\""), 0);
+        assert_eq!(needs_of("context == {}"), NEED_ALL);
+        assert_eq!(needs_of("context[\"time\"].hour == 3"), NEED_TIME);
     }
 }

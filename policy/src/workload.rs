@@ -336,3 +336,98 @@ pub fn load(dir: &Path) -> Result<Workload, WorkloadError> {
         .collect::<Result<Vec<WorkloadRequest>, _>>()?;
     Ok(Workload { policy, requests })
 }
+
+/// A deterministic synthetic policy set of `rules` tool rules for scaling benchmarks, and
+/// `requests` requests against it.
+///
+/// Rules are spread over policies of 100 rules each in namespace [`NAMESPACE`] (every policy
+/// governs agents `agent-*`). Per 20 rules: 13 plain allows of one exact tool, 2 allows with an
+/// argument condition, 2 denies, 1 require-approval, 1 allow of a prefix glob (`svc_K_*`) and 1
+/// deny of a glob with an argument condition. Requests call a known tool 90 % of the time and
+/// an unknown one otherwise, with an `amount` argument.
+pub fn synthetic(rules: usize, requests: usize) -> (Vec<PolicySource>, Vec<DecisionRequest>) {
+    // SplitMix64: a tiny, well-known deterministic generator.
+    let mut state: u64 = 0x005e_ed0f_0be5;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut sources = Vec::new();
+    let mut tools: Vec<String> = Vec::new();
+    let per_policy = 100;
+    for p in 0..rules.div_ceil(per_policy) {
+        let mut pr = PolicyRules {
+            subjects: Some(AgentSubjects {
+                agent_ids: vec!["agent-*".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for j in 0..per_policy.min(rules - p * per_policy) {
+            let k = p * per_policy + j;
+            let (tool, effect, when) = match k % 20 {
+                0..=12 => (format!("tool_{k}"), RuleEffect::Allow, None),
+                13 | 14 => (
+                    format!("tool_{k}"),
+                    RuleEffect::Allow,
+                    Some(
+                        "context.arguments has amount && context.arguments.amount < 1000"
+                            .to_string(),
+                    ),
+                ),
+                15 | 16 => (format!("tool_{k}"), RuleEffect::Deny, None),
+                17 => (format!("tool_{k}"), RuleEffect::RequireApproval, None),
+                18 => (format!("svc_{k}_*"), RuleEffect::Allow, None),
+                _ => (
+                    format!("svc_{}_*", k - 1),
+                    RuleEffect::Deny,
+                    Some(
+                        "context.arguments has amount && context.arguments.amount > 5000"
+                            .to_string(),
+                    ),
+                ),
+            };
+            tools.push(tool.replace('*', "call"));
+            pr.tools.push(ToolRule {
+                name: format!("r{k}"),
+                tools: vec![tool],
+                server: None,
+                effect,
+                when,
+                reason: None,
+            });
+        }
+        sources.push(PolicySource::namespaced(
+            NAMESPACE,
+            format!("synthetic-{p}"),
+            pr,
+        ));
+    }
+    let reqs = (0..requests)
+        .map(|_| {
+            let r = next();
+            let tool = if r % 10 == 0 || tools.is_empty() {
+                format!("unknown_{}", r % 1000)
+            } else {
+                tools[(r as usize / 10) % tools.len()].clone()
+            };
+            let mut arguments = Map::new();
+            arguments.insert("amount".into(), Value::from((next() % 10_000) as i64));
+            DecisionRequest {
+                principal: Principal {
+                    id: format!("agent-{}", next() % 4),
+                    kind: Some(PrincipalKind::Agent),
+                    namespace: Some(NAMESPACE.to_owned()),
+                    ..Default::default()
+                },
+                tool,
+                arguments,
+                ..Default::default()
+            }
+        })
+        .collect();
+    (sources, reqs)
+}
