@@ -36,7 +36,7 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use self::auth::{AuthError, Authenticator, Caller};
+use self::auth::{AuthError, Authenticator};
 
 /// Largest request body accepted, in bytes. Arguments themselves are capped lower by the policy
 /// core; this bounds what is read at all.
@@ -108,6 +108,7 @@ pub struct DecisionService {
 
 /// A JSON error body.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Stable machine-readable code.
     pub code: String,
@@ -286,7 +287,7 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
             {
                 return audit_failed(m, attempt);
             }
-            return auth_error(e, attempt);
+            return unauthorized(e, Some(attempt));
         }
     };
     let bytes = match read_body(body).await {
@@ -417,37 +418,10 @@ fn result_of(decision: &Decision) -> AuditResult {
     }
 }
 
-fn auth_error(e: AuthError, id: Uuid) -> Response {
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        e.to_string(),
-        Some(id),
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
+fn unauthorized(e: AuthError, id: Option<Uuid>) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string(), id);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     response
-}
-
-fn authenticate(service: &DecisionService, headers: &HeaderMap) -> Result<Caller, Response> {
-    service
-        .auth
-        .authenticate(authorization(headers))
-        .map_err(|e| {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                e.to_string(),
-                None,
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            response
-        })
 }
 
 /// Body of `POST /v1/usage`: the actual consumption of an allowed call.
@@ -479,9 +453,9 @@ async fn commit_usage(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = match authenticate(&service, &headers) {
+    let caller = match service.auth.authenticate(authorization(&headers)) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return unauthorized(e, None),
     };
     if caller.role == auth::Role::Approver {
         return error(
@@ -536,8 +510,8 @@ async fn get_approval(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authenticate(&service, &headers) {
-        return r;
+    if let Err(e) = service.auth.authenticate(authorization(&headers)) {
+        return unauthorized(e, None);
     }
     match service.engine.approval(&id, Utc::now()) {
         Some(approval) => Json(approval).into_response(),
@@ -564,9 +538,9 @@ async fn review_approval(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let caller = match authenticate(&service, &headers) {
+    let caller = match service.auth.authenticate(authorization(&headers)) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return unauthorized(e, None),
     };
     if !caller.may_review() {
         return error(

@@ -164,8 +164,18 @@ fn check(args: &CheckArgs) -> anyhow::Result<u8> {
 pub fn run_audit_verify(file: &Path) -> ExitCode {
     match overseer_policy::audit::verify(file) {
         Ok(report) => {
-            println!("{}: {report:?}", file.display());
-            println!("chain intact");
+            println!(
+                "{}: chain intact: {} records (seq {} to {}), last hash {}",
+                file.display(),
+                report.records,
+                report
+                    .first_seq
+                    .map_or_else(|| "-".into(), |s| s.to_string()),
+                report
+                    .last_seq
+                    .map_or_else(|| "-".into(), |s| s.to_string()),
+                report.last_hash
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
