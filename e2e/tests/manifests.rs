@@ -344,13 +344,16 @@ fn deployment_is_hardened_and_wired_to_its_service() {
             Some((e.name.clone(), field.field_path.clone()))
         })
         .collect();
+    // `overseer run` reads the Lease's namespace and its replica identity from these.
     assert_eq!(
-        env.get("POD_NAMESPACE").map(String::as_str),
-        Some("metadata.namespace")
-    );
-    assert_eq!(
-        env.get("POD_NAME").map(String::as_str),
-        Some("metadata.name")
+        env,
+        BTreeMap::from([
+            (
+                "OVERSEER_LEASE_NAMESPACE".to_string(),
+                "metadata.namespace".to_string()
+            ),
+            ("POD_NAME".to_string(), "metadata.name".to_string()),
+        ])
     );
 
     let ports: BTreeMap<String, i32> = container
@@ -359,9 +362,12 @@ fn deployment_is_hardened_and_wired_to_its_service() {
         .flatten()
         .filter_map(|p| Some((p.name.clone()?, p.container_port)))
         .collect();
-    assert_eq!(ports.get("health"), Some(&8080));
-    assert_eq!(ports.get("metrics"), Some(&9090));
-    assert_eq!(ports.get("decisions"), Some(&8443));
+    // The defaults of `overseer run --health-addr 0.0.0.0:8081 --metrics-addr 0.0.0.0:8080`; the
+    // container sets neither flag, so nothing else listens.
+    assert_eq!(
+        ports,
+        BTreeMap::from([("health".to_string(), 8081), ("metrics".to_string(), 8080)])
+    );
     let probe_port = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
         probe
             .as_ref()
@@ -404,13 +410,7 @@ fn deployment_is_hardened_and_wired_to_its_service() {
         exposed.push((target.clone(), port.port));
     }
     exposed.sort();
-    assert_eq!(
-        exposed,
-        [
-            ("decisions".to_string(), 8443),
-            ("metrics".to_string(), 9090)
-        ]
-    );
+    assert_eq!(exposed, [("metrics".to_string(), 8080)]);
 }
 
 /// Every (group, resource) the CRDs define, subresources included.
@@ -475,20 +475,76 @@ fn rbac_names_only_resources_that_exist_and_never_wildcards() {
     }
 }
 
-/// The operator's permissions, as (group, resource, verb) triples.
-fn grants(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+/// A role's permissions, as (group, resource, verb, object name) tuples; the name is empty
+/// where a rule covers every object.
+fn named_grants(role: &ClusterRole) -> BTreeSet<(String, String, String, String)> {
     let mut out = BTreeSet::new();
     for rule in rules_of(role) {
-        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        assert!(rule.non_resource_urls.is_none());
+        let names = match &rule.resource_names {
+            Some(names) => {
+                assert!(
+                    !names.is_empty(),
+                    "an empty resourceNames means every object"
+                );
+                names.clone()
+            }
+            None => vec![String::new()],
+        };
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
-                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                    for name in &names {
+                        out.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// The operator's permissions, as (group, resource, verb) triples, from rules that name no objects.
+fn grants(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+    named_grants(role)
+        .into_iter()
+        .map(|(group, resource, verb, name)| {
+            assert!(
+                name.is_empty(),
+                "{group}/{resource} {verb} is limited to {name}"
+            );
+            (group, resource, verb)
+        })
+        .collect()
+}
+
+/// (group, resource, verb) triples for every verb in `verbs`.
+fn triples(group: &str, resource: &str, verbs: &[&str]) -> Vec<(String, String, String)> {
+    verbs
+        .iter()
+        .map(|verb| (group.to_string(), resource.to_string(), verb.to_string()))
+        .collect()
+}
+
+/// Assert that `subjects` is the operator's ServiceAccount and nothing else.
+fn bound_to_the_operator_only(
+    subjects: Option<Vec<k8s_openapi::api::rbac::v1::Subject>>,
+    binding: &str,
+) {
+    let subjects = subjects.unwrap_or_default();
+    let [subject] = subjects.as_slice() else {
+        panic!("{binding}: one subject")
+    };
+    let username = format!(
+        "system:serviceaccount:{}:{}",
+        subject.namespace.as_deref().unwrap_or_default(),
+        subject.name
+    );
+    assert_eq!(
+        (subject.kind.as_str(), username.as_str()),
+        ("ServiceAccount", OPERATOR_SA),
+        "{binding}"
+    );
 }
 
 #[test]
@@ -529,28 +585,83 @@ fn the_operator_gets_exactly_what_it_uses() {
     assert_eq!(rule.resources.as_deref(), Some(&["leases".to_string()][..]));
     let mut verbs = rule.verbs.clone();
     verbs.sort();
-    assert_eq!(verbs, ["create", "get", "patch", "update"]);
+    // The Lease is read, created when absent, and acquired, renewed and released by patches.
+    assert_eq!(verbs, ["create", "get", "patch"]);
 
-    // Both are bound to the operator's ServiceAccount, and to nothing else.
-    let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding", "overseer-manager");
-    assert_eq!(binding.role_ref.name, "overseer-manager");
-    let role_binding: RoleBinding = one(&objects, "RoleBinding", "overseer-leader-election");
-    assert_eq!(role_binding.role_ref.name, "overseer-leader-election");
-    for subjects in [binding.subjects, role_binding.subjects] {
-        let subjects = subjects.unwrap_or_default();
-        let [subject] = subjects.as_slice() else {
-            panic!("one subject")
-        };
-        let username = format!(
-            "system:serviceaccount:{}:{}",
-            subject.namespace.as_deref().unwrap_or_default(),
-            subject.name
-        );
+    // The EphemeralIdentity controller: its children (issue, revoke, sweep), token requests,
+    // namespaces and classes (decide), its own kind and status; `bind` only on vetted roles.
+    let identity: ClusterRole = one(&objects, "ClusterRole", "overseer-identity-manager");
+    let children = ["get", "list", "watch", "create", "patch", "delete"];
+    let mut expected: BTreeSet<(String, String, String, String)> = [
+        triples("", "serviceaccounts", &children),
+        triples("", "secrets", &children),
+        triples("", "serviceaccounts/token", &["create"]),
+        triples("rbac.authorization.k8s.io", "roles", &children),
+        triples("rbac.authorization.k8s.io", "rolebindings", &children),
+        triples("", "namespaces", &["get", "list", "watch"]),
+        triples(
+            "agents.overseer.dev",
+            "ephemeralidentityclasses",
+            &["get", "list", "watch"],
+        ),
+        triples(
+            "agents.overseer.dev",
+            "ephemeralidentities",
+            &["get", "list", "watch", "patch", "delete"],
+        ),
+        triples(
+            "agents.overseer.dev",
+            "ephemeralidentities/status",
+            &["patch"],
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(group, resource, verb)| (group, resource, verb, String::new()))
+    .collect();
+    expected.insert((
+        "rbac.authorization.k8s.io".to_string(),
+        "clusterroles".to_string(),
+        "bind".to_string(),
+        "view".to_string(),
+    ));
+    assert_eq!(named_grants(&identity), expected);
+    // What classes may grant in explicit rules: the operator must hold it to write such a Role.
+    let grantable: ClusterRole = one(&objects, "ClusterRole", "overseer-identity-grantable");
+    let expected: BTreeSet<_> = [
+        triples("", "pods", &["get", "list"]),
+        triples("", "pods/log", &["get", "list"]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(grants(&grantable), expected);
+
+    // Every role is bound to the operator's ServiceAccount, and to nothing else.
+    for name in [
+        "overseer-manager",
+        "overseer-identity-manager",
+        "overseer-identity-grantable",
+    ] {
+        let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding", name);
         assert_eq!(
-            (subject.kind.as_str(), username.as_str()),
-            ("ServiceAccount", OPERATOR_SA)
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("ClusterRole", name)
         );
+        bound_to_the_operator_only(binding.subjects, name);
     }
+    let role_binding: RoleBinding = one(&objects, "RoleBinding", "overseer-leader-election");
+    assert_eq!(
+        (
+            role_binding.role_ref.kind.as_str(),
+            role_binding.role_ref.name.as_str()
+        ),
+        ("Role", "overseer-leader-election")
+    );
+    bound_to_the_operator_only(role_binding.subjects, "overseer-leader-election");
     let _: ServiceAccount = one(&objects, "ServiceAccount", "overseer");
 }
 
