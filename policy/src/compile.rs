@@ -22,9 +22,11 @@
 //! Which rules a request can match is decided in Rust, not by Cedar: exact tool names are looked
 //! up in a hash map, tool globs in one [`globset::GlobSet`], and the MCP server glob and the
 //! policy's scope and subjects then filter the candidates. Rules without a condition are decided
-//! by the index alone (their Cedar body is `true`). Only the conditions of the candidate rules,
-//! and the raw Cedar policies of the policies that govern the principal, go to Cedar's
-//! authorizer, as a policy set built once per distinct candidate set and cached (bounded).
+//! by the index alone (their Cedar body is `true`). The conditions of the candidate rules are
+//! evaluated by Cedar's evaluator (`eval_expression` on the pre-parsed condition, against the
+//! request's Cedar context and principal entity); the raw Cedar policies of the policies that
+//! govern the principal go to Cedar's authorizer, as a policy set built once per distinct set and
+//! cached (bounded). Only the parts of the Cedar input some candidate can read are built.
 //!
 //! # Scope
 //!
@@ -348,6 +350,10 @@ struct CedarEntry {
     effect: Outcome,
     reason: Option<String>,
     policy: Policy,
+    /// The `when` condition of a tool rule, evaluated directly (the rule's tools, server and
+    /// subjects are matched by the index). `None` for raw policies, which go through the
+    /// authorizer.
+    condition: Option<Expression>,
     /// Which parts of the Cedar input the policy can read ([`schema::needs_of`]).
     needs: u8,
 }
@@ -478,6 +484,9 @@ impl CompiledPolicies {
             }
         }
 
+        // Conditions of candidate tool rules, and raw policies, per mode.
+        let mut enforce_conds: Vec<u32> = Vec::new();
+        let mut audit_conds: Vec<u32> = Vec::new();
         let mut enforce_set: Vec<u32> = Vec::new();
         let mut audit_set: Vec<u32> = Vec::new();
         for r in candidates {
@@ -488,9 +497,9 @@ impl CompiledPolicies {
             let audit = self.policies[rule.policy as usize].mode == PolicyMode::Audit;
             match rule.cedar {
                 Some(c) => if audit {
-                    &mut audit_set
+                    &mut audit_conds
                 } else {
-                    &mut enforce_set
+                    &mut enforce_conds
                 }
                 .push(c),
                 None => {
@@ -522,19 +531,24 @@ impl CompiledPolicies {
             }
         }
 
-        if !enforce_set.is_empty() || !audit_set.is_empty() {
-            let needs = enforce_set
-                .iter()
-                .chain(&audit_set)
+        let lists = [&enforce_conds, &audit_conds, &enforce_set, &audit_set];
+        if lists.iter().any(|v| !v.is_empty()) {
+            let needs = lists
+                .into_iter()
+                .flatten()
                 .fold(0, |n, &c| n | self.cedar[c as usize].needs);
             match schema::cedar_input_for(req, now, needs) {
                 Ok(input) => {
+                    self.run_conditions(&input, &enforce_conds, &mut eval.enforce);
+                    self.run_conditions(&input, &audit_conds, &mut eval.audit);
                     self.run_cedar(&input, enforce_set, &mut eval.enforce);
                     self.run_cedar(&input, audit_set, &mut eval.audit);
                 }
                 Err(e) => {
                     // A request Cedar cannot represent: every conditional rule is treated as an
                     // evaluation error (deny and approval rules match, allow rules do not).
+                    enforce_set.extend(enforce_conds);
+                    audit_set.extend(audit_conds);
                     for (set, out) in [
                         (enforce_set, &mut eval.enforce),
                         (audit_set, &mut eval.audit),
@@ -605,6 +619,39 @@ impl CompiledPolicies {
             cache.insert(ids.into_boxed_slice(), Arc::clone(&set));
         }
         set
+    }
+
+    /// Evaluate tool-rule conditions with Cedar's evaluator.
+    fn run_conditions(&self, input: &CedarInput, conds: &[u32], out: &mut Vec<Finding>) {
+        for &c in conds {
+            let entry = &self.cedar[c as usize];
+            let Some(expr) = &entry.condition else {
+                continue;
+            };
+            match cedar_policy::eval_expression(&input.request, &input.entities, expr) {
+                Ok(cedar_policy::EvalResult::Bool(true)) => {
+                    out.push(finding(
+                        entry.owner,
+                        &entry.name,
+                        entry.effect,
+                        entry.reason.as_deref(),
+                        true,
+                    ));
+                }
+                Ok(cedar_policy::EvalResult::Bool(false)) => {}
+                Ok(other) if entry.effect != Outcome::Allow => {
+                    out.push(error_finding(
+                        entry,
+                        &format!("the condition gave {other}, not a boolean"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if entry.effect != Outcome::Allow => {
+                    out.push(error_finding(entry, &e.to_string()))
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     fn run_cedar(&self, input: &CedarInput, set: Vec<u32>, out: &mut Vec<Finding>) {
@@ -977,7 +1024,8 @@ fn compile_one(src: &PolicySource, validator: &Validator) -> (PolicyReport, Opti
         let mut cedar_idx = None;
         if let Some(when) = &t.when {
             let wfield = format!("{field}.when");
-            if let Err(e) = when.parse::<Expression>() {
+            let parsed = when.parse::<Expression>();
+            if let Err(e) = &parsed {
                 for pe in e.iter() {
                     let span = diag_span(pe).map(|s| s.0);
                     errors.push(locate(
@@ -1010,6 +1058,7 @@ fn compile_one(src: &PolicySource, validator: &Validator) -> (PolicyReport, Opti
                             effect,
                             reason: t.reason.clone(),
                             policy,
+                            condition: parsed.ok(),
                             needs: schema::needs_of(when),
                         });
                         cedar_idx = Some(idx as u32);
@@ -1113,6 +1162,7 @@ fn compile_one(src: &PolicySource, validator: &Validator) -> (PolicyReport, Opti
                         effect,
                         reason: p.annotation("reason").map(str::to_owned),
                         policy: p.new_id(PolicyId::new(idx.to_string())),
+                        condition: None,
                         needs: schema::NEED_ALL,
                     });
                     raw_cedar.push(idx as u32);
