@@ -1,5 +1,6 @@
 //! `overseer run` as a process, against a kubeconfig pointing at an unreachable address or at a
-//! small in-test fake of the Kubernetes API (CRDs and Leases only; no real cluster is needed).
+//! small in-test fake of the Kubernetes API (CRDs, Leases, and empty lists and idle watches of
+//! everything the controllers watch; no real cluster is needed).
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +13,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
     http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
@@ -100,12 +101,57 @@ async fn a_missing_kubeconfig_fails_with_a_clear_message() {
 }
 
 /// A fake API server: CRDs (all Established, or none) and Leases stored in memory, patched with
-/// JSON merge semantics. Records every request as `VERB path`.
+/// JSON merge semantics; the kinds the identity controller watches are served as empty lists and
+/// watches that stay open without events. Lists of `EphemeralIdentity` are held until
+/// `identities_listable` is true, so a test can watch the controller's cache sync. Records every
+/// request as `VERB path`, with `WATCH` for a watch.
 #[derive(Clone, Default)]
 struct FakeApi {
     crds_installed: bool,
     leases: Arc<Mutex<BTreeMap<String, Value>>>,
+    identities_listable: Arc<tokio::sync::watch::Sender<bool>>,
     log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The collections the identity controller lists and watches, cluster-wide.
+const WATCHED: [&str; 6] = [
+    "/apis/agents.overseer.dev/v1alpha1/ephemeralidentities",
+    "/apis/agents.overseer.dev/v1alpha1/ephemeralidentityclasses",
+    "/api/v1/serviceaccounts",
+    "/api/v1/secrets",
+    "/apis/rbac.authorization.k8s.io/v1/roles",
+    "/apis/rbac.authorization.k8s.io/v1/rolebindings",
+];
+
+fn is_watch(uri: &Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+    })
+}
+
+/// An empty list of a watched collection, or a watch on it that stays open and sends nothing.
+async fn empty_collection(api: &FakeApi, path: &str, watch: bool) -> Response {
+    if watch {
+        let idle = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(idle))
+            .expect("watch response");
+    }
+    if path.ends_with("/ephemeralidentities") {
+        let mut listable = api.identities_listable.subscribe();
+        if listable.wait_for(|ok| *ok).await.is_err() {
+            return status(503, "ServiceUnavailable", "the fake is shutting down");
+        }
+    }
+    Json(json!({
+        "kind": "List",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "1"},
+        "items": [],
+    }))
+    .into_response()
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response {
@@ -138,10 +184,12 @@ async fn fake_handler(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
-    api.log
-        .lock()
-        .expect("log")
-        .push(format!("{method} {path}"));
+    let watch = method == Method::GET && is_watch(&uri);
+    let verb = if watch { "WATCH" } else { method.as_str() };
+    api.log.lock().expect("log").push(format!("{verb} {path}"));
+    if method == Method::GET && WATCHED.contains(&path.as_str()) {
+        return empty_collection(&api, &path, watch).await;
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         (
@@ -333,6 +381,13 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
     .expect("spawned");
     let pid = child.id();
 
+    // Until the identity cache has synced, the operator is not ready, and says why.
+    eventually("/readyz to wait for the identity controller", || async {
+        http_get(health, "/readyz").await
+            == Some((503, "not ready: controller/ephemeralidentity\n".to_owned()))
+    })
+    .await;
+    api.identities_listable.send_replace(true);
     eventually("/readyz to answer 200", || async {
         matches!(http_get(health, "/readyz").await, Some((200, _)))
     })
@@ -357,6 +412,16 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
     .await;
     let lease = api.leases.lock().expect("leases")["ops/overseer-test"].clone();
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+    eventually(
+        "a watch on every kind the identity controller watches",
+        || async {
+            let log = api.log.lock().expect("log");
+            WATCHED
+                .iter()
+                .all(|path| log.iter().any(|l| l == &format!("WATCH {path}")))
+        },
+    )
+    .await;
 
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -367,7 +432,13 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("received shutdown signal"), "{stderr}");
-    assert!(stderr.contains("no controllers registered"), "{stderr}");
+    let started = stderr.lines().any(|line| {
+        serde_json::from_str::<Value>(line).is_ok_and(|v| {
+            v["message"] == "starting controller" && v["controller"] == "ephemeralidentity"
+        })
+    });
+    assert!(started, "the identity controller did not start: {stderr}");
+    assert!(!stderr.contains("no controllers registered"), "{stderr}");
     // Every log line is JSON.
     for line in stderr.lines() {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -385,19 +456,34 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
             let (verb, path) = l.split_once(' ').expect("verb path");
             let resource = if path.contains("/leases") {
                 "leases"
-            } else {
+            } else if path.contains("/customresourcedefinitions/") {
                 "customresourcedefinitions"
+            } else {
+                path.rsplit('/').next().expect("a segment")
             };
             format!("{verb} {resource}")
         })
         .collect();
+    // On an empty cluster the controllers only read and watch: the Lease is the only write.
     assert_eq!(
         verbs.into_iter().collect::<Vec<_>>(),
         [
             "GET customresourcedefinitions",
+            "GET ephemeralidentities",
+            "GET ephemeralidentityclasses",
             "GET leases",
+            "GET rolebindings",
+            "GET roles",
+            "GET secrets",
+            "GET serviceaccounts",
             "PATCH leases",
-            "POST leases"
+            "POST leases",
+            "WATCH ephemeralidentities",
+            "WATCH ephemeralidentityclasses",
+            "WATCH rolebindings",
+            "WATCH roles",
+            "WATCH secrets",
+            "WATCH serviceaccounts",
         ],
         "{log:?}"
     );

@@ -16,14 +16,20 @@ use crate::{
     cli::RunArgs,
     controller::{Context, ControllerSet, Diagnostics, EventRecorder},
     health::{self, CHECK_CRDS, CHECK_KUBERNETES_API, Readiness},
+    identity::controller::IdentityController,
     leader::{self, LeaseConfig},
     metrics::{self, Metrics},
 };
 
 /// The controllers `run` starts. A controller is registered here only once its behaviour is
 /// implemented: no kind may report `Ready` for work nobody does.
+///
+/// Every controller runs on every replica so its caches stay warm; only the leader reconciles
+/// or writes (the [`crate::controller::instrumented`] gate and the leader-gated writers).
 pub fn controllers() -> ControllerSet {
-    ControllerSet::new()
+    let mut set = ControllerSet::new();
+    set.register(IdentityController);
+    set
 }
 
 /// Run the operator until SIGTERM or SIGINT.
@@ -50,6 +56,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     api_ready.set(true);
     crds_ready.set(true);
     info!(%url, crds = crds.len(), "connected; every Overseer CRD is installed");
+
+    // Register every controller's readiness check before `/readyz` is served, so no probe can
+    // see the operator ready in the moment between the servers starting and the controllers.
+    let set = controllers();
+    for name in set.names() {
+        readiness.register(format!("controller/{name}"));
+    }
 
     let metrics = Arc::new(Metrics::new());
     let mut servers = serve(&args, readiness.clone(), metrics.clone(), shutdown.clone()).await?;
@@ -84,7 +97,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness,
         diagnostics: Diagnostics::default(),
     });
-    let set = controllers();
     info!(controllers = ?set.names(), "starting controllers");
     let running = set.start(ctx, &shutdown);
 
