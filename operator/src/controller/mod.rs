@@ -9,7 +9,7 @@
 //!   watcher config and `.graceful_shutdown_on(shutdown.cancelled_owned())`;
 //! - call `.reconcile_all_on(ctx.leader.acquisitions())` so a replica that becomes leader
 //!   reconciles everything it cached while it was a follower;
-//! - set the [`ReadyHandle`] once the stores have synced (`store.wait_until_ready()`);
+//! - set the [`ReadyHandle`] once the stores have synced with [`mark_ready_when_synced`];
 //! - wrap the reconcile body in [`instrumented`]: followers keep their caches warm but reconcile
 //!   nothing, the leader's reconciles are timed and their errors counted and reported as Events;
 //! - write only through [`apply`] (server-side apply, leader-gated) and build status with
@@ -272,6 +272,40 @@ impl RunningControllers {
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
+}
+
+/// Set `ready` once `store` has synced, or give up when `shutdown` fires.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only the task that polled it last; the
+/// `Controller` polls the same store, so a second waiter can sleep forever. This polls the
+/// readiness without registering a waker instead.
+pub fn mark_ready_when_synced<K>(
+    store: kube::runtime::reflector::Store<K>,
+    ready: crate::health::ReadyHandle,
+    shutdown: CancellationToken,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+{
+    use futures::FutureExt;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match store.wait_until_ready().now_or_never() {
+                Some(Ok(())) => {
+                    ready.set(true);
+                    return;
+                }
+                Some(Err(_)) => return,
+                None => {}
+            }
+        }
+    })
 }
 
 #[cfg(test)]

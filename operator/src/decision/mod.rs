@@ -419,8 +419,16 @@ fn result_of(decision: &Decision) -> AuditResult {
 }
 
 fn unauthorized(e: AuthError, id: Option<Uuid>) -> Response {
-    let mut response = error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string(), id);
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        e.to_string(),
+        id,
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     response
 }
 

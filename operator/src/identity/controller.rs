@@ -81,14 +81,7 @@ async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken)
         .reconcile_all_on(ctx.leader.acquisitions())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
-    tokio::spawn({
-        let store = store.clone();
-        async move {
-            if store.wait_until_ready().await.is_ok() {
-                ready.set(true);
-            }
-        }
-    });
+    crate::controller::mark_ready_when_synced(store.clone(), ready, shutdown.clone());
     tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
 
     controller
