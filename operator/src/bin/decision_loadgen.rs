@@ -48,6 +48,16 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a deterministic synthetic policy set of RULES tool rules (100 per AgentPolicy) as
+    /// YAML, for scaling measurements (compile time, memory).
+    WriteSynthetic {
+        /// Number of tool rules.
+        #[arg(long)]
+        rules: usize,
+        /// Directory to write `synthetic.yaml` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check decisions of the warm-up phase against the oracle, then the two probes.
     Check {
         /// Workload directory.
@@ -313,6 +323,27 @@ fn write_policy(workload_dir: PathBuf, out: PathBuf) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+fn write_synthetic(rules: usize, out: PathBuf) -> anyhow::Result<bool> {
+    let (sources, _) = workload::synthetic(rules, 0);
+    let mut text = String::new();
+    for source in sources {
+        let mut policy = AgentPolicy::new(
+            &source.name,
+            AgentPolicySpec {
+                policy: source.rules,
+            },
+        );
+        policy.metadata.namespace = Some(workload::NAMESPACE.to_owned());
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(&policy)?);
+    }
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("synthetic.yaml");
+    std::fs::write(&path, text)?;
+    println!("wrote {}", path.display());
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -327,6 +358,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::WritePolicy { workload, out } => write_policy(workload, out),
+        Cmd::WriteSynthetic { rules, out } => write_synthetic(rules, out),
         Cmd::Check {
             workload,
             url,
