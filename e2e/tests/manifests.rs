@@ -748,3 +748,56 @@ fn admission_policy_trusts_the_operators_service_account() {
     let _: Namespace = one(&objects, "Namespace", NAMESPACE);
     let _: PodDisruptionBudget = one(&objects, "PodDisruptionBudget", "overseer");
 }
+
+/// The optional decision-service component: every object parses, its arguments are accepted by
+/// `overseer serve` itself, and the Service reaches the container's port.
+#[test]
+fn decisions_component_runs_overseer_serve_with_valid_flags() {
+    use clap::Parser;
+    let objects = objects(&root().join("config/decisions"));
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|(_, v)| v["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["Deployment", "PersistentVolumeClaim", "Service"]);
+    let (path, value) = objects
+        .iter()
+        .find(|(_, v)| v["kind"] == "Deployment")
+        .expect("deployment");
+    let deployment: Deployment = typed(path, value);
+    let spec = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let container = &spec.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let cli =
+        operator::cli::Cli::try_parse_from(std::iter::once("overseer".to_owned()).chain(args))
+            .unwrap_or_else(|e| panic!("config/decisions passes flags overseer rejects: {e}"));
+    let operator::cli::Command::Serve(serve) = cli.command else {
+        panic!("the container must run `overseer serve`")
+    };
+    assert!(
+        !serve.insecure_no_auth,
+        "the in-cluster decision service must authenticate callers"
+    );
+    assert_eq!(serve.listen.port(), 8181);
+    let port = container
+        .ports
+        .as_ref()
+        .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("decisions")))
+        .expect("decisions port");
+    assert_eq!(port.container_port, 8181);
+    let (path, value) = objects
+        .iter()
+        .find(|(_, v)| v["kind"] == "Service")
+        .expect("service");
+    let service: Service = typed(path, value);
+    let ports = service.spec.and_then(|s| s.ports).unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.port == 8181 && p.name.as_deref() == Some("decisions"))
+    );
+}

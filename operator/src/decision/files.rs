@@ -37,7 +37,13 @@ pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
+            let entry = entry?;
+            // Hidden entries are skipped: a mounted ConfigMap keeps each file twice, as
+            // `name.yaml` and under the `..data`/`..<timestamp>` directories it swaps atomically.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
@@ -248,6 +254,17 @@ spec:
             let err = parse_policies(yaml).expect_err(yaml);
             assert!(err.contains(expect), "{yaml}: {err}");
         }
+    }
+
+    #[test]
+    fn hidden_entries_like_configmap_data_dirs_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("..data")).expect("mkdir");
+        std::fs::write(dir.path().join("..data/p.yaml"), POLICY).expect("write");
+        std::fs::write(dir.path().join("p.yaml"), POLICY).expect("write");
+        std::fs::write(dir.path().join(".hidden.yaml"), "not: [yaml").expect("write");
+        let files = policy_files(dir.path()).expect("lists");
+        assert_eq!(files, vec![dir.path().join("p.yaml")]);
     }
 
     #[test]
