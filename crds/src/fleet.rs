@@ -304,8 +304,8 @@ pub struct Stage {
     /// stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_selector: Option<LabelSelector>,
-    /// Label whose value (compared as an integer when both parse, else as text) orders clusters
-    /// within the stage; ties and missing labels order by name.
+    /// Label whose value orders clusters within the stage: values that parse as integers first
+    /// (numerically), then other values (as text), then clusters without the label; ties by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 317))]
     pub sorting_label_key: Option<String>,
