@@ -16,6 +16,7 @@ const APPROVAL_CREATE_MESSAGE: &str =
     "AgentApproval objects are created only by the Overseer decision service";
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: OVERSEER_E2E_REQUIRED=1 cargo test -p e2e -- --ignored"]
 async fn crds_install_and_become_established() -> anyhow::Result<()> {
     let Some(cluster) = Cluster::connect_or_skip("crds_install_and_become_established").await?
     else {
@@ -35,6 +36,7 @@ async fn crds_install_and_become_established() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: OVERSEER_E2E_REQUIRED=1 cargo test -p e2e -- --ignored"]
 async fn valid_samples_are_accepted() -> anyhow::Result<()> {
     let Some(cluster) = Cluster::connect_or_skip("valid_samples_are_accepted").await? else {
         return Ok(());
@@ -79,6 +81,7 @@ async fn check_valid(cluster: &Cluster, namespace: &str, sample: &Sample) -> any
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: OVERSEER_E2E_REQUIRED=1 cargo test -p e2e -- --ignored"]
 async fn invalid_samples_are_rejected_with_their_message() -> anyhow::Result<()> {
     let Some(cluster) =
         Cluster::connect_or_skip("invalid_samples_are_rejected_with_their_message").await?
@@ -117,6 +120,7 @@ async fn invalid_samples_are_rejected_with_their_message() -> anyhow::Result<()>
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: OVERSEER_E2E_REQUIRED=1 cargo test -p e2e -- --ignored"]
 async fn temp_namespace_is_labelled_and_deleted() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::{Api, runtime::wait::conditions};

@@ -205,6 +205,7 @@ async fn issue(
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: OVERSEER_E2E_REQUIRED=1 cargo test -p e2e -- --ignored"]
 async fn token_authenticates_is_scoped_and_dies_on_revocation() -> anyhow::Result<()> {
     let Some(f) = fixture("token_authenticates_is_scoped_and_dies_on_revocation").await? else {
         return Ok(());
@@ -258,6 +259,7 @@ async fn token_authenticates_is_scoped_and_dies_on_revocation() -> anyhow::Resul
 }
 
 #[tokio::test]
+#[ignore = "needs a Kubernetes cluster: OVERSEER_E2E_REQUIRED=1 cargo test -p e2e -- --ignored"]
 async fn token_dies_within_a_second_of_expiry() -> anyhow::Result<()> {
     let Some(f) = fixture("token_dies_within_a_second_of_expiry").await? else {
         return Ok(());
