@@ -45,7 +45,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Labels of the decision counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    /// `allow`, `deny`, `require_approval`, `malformed` or `unauthenticated`.
+    /// `allow`, `deny`, `require_approval`, `malformed`, `unauthenticated` or `forbidden`.
     pub result: &'static str,
     /// `enforce`, or `audit` when an Audit-mode policy would have answered differently.
     pub mode: &'static str,
@@ -201,10 +201,10 @@ impl DecisionService {
                 mode: "enforce",
             })
             .inc();
-        let result = if label == "unauthenticated" {
-            AuditResult::Deny
-        } else {
+        let result = if label == "malformed" {
             AuditResult::Malformed
+        } else {
+            AuditResult::Deny
         };
         let mut event = AuditEvent::decision(
             id.to_string(),
@@ -331,12 +331,7 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
             caller.name, request.principal.id
         );
         if let Err(m) = service
-            .refuse(
-                attempt,
-                audit_input(&request),
-                "unauthenticated",
-                message.clone(),
-            )
+            .refuse(attempt, audit_input(&request), "forbidden", message.clone())
             .await
         {
             return audit_failed(m, attempt);
