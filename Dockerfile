@@ -20,6 +20,7 @@ LABEL org.opencontainers.image.source="https://github.com/overseer-dev/overseer"
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/overseer /overseer
 USER nonroot:nonroot
-EXPOSE 8080 9090 8443
+# 8080 metrics and 8081 health (`overseer run`), 8181 the decision API (`overseer serve`).
+EXPOSE 8080 8081 8181
 ENTRYPOINT ["/overseer"]
 CMD ["run"]
