@@ -2,11 +2,26 @@
 
 use std::{io::Write, process::ExitCode};
 
-use clap::Parser;
+use clap::Parser as _;
 use operator::cli::{AuditCommand, Cli, Command, LogFormat};
 
+/// Exit status of a command line that does not parse (BSD `EX_USAGE`).
+const USAGE_ERROR_EXIT: u8 = 64;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with status 0. A usage error exits with
+            // EX_USAGE (64), never 2: `overseer check` uses 2 for "approval required".
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(USAGE_ERROR_EXIT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Crd => print_crds(),
         Command::Identities(args) => tokio::runtime::Runtime::new()

@@ -50,13 +50,18 @@ fn bad_invocations_exit_non_zero_with_a_message() {
             &["run", "--lease-duration-seconds", "0"][..],
             "invalid value '0'",
         ),
+        // A typo must not look like `check`'s exit 2 ("approval required").
+        (
+            &["check", "--polcies", "examples/policies"][..],
+            "unexpected argument '--polcies'",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_overseer"))
             .args(args)
             .env_remove("RUST_LOG")
             .output()
             .expect("overseer runs");
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
