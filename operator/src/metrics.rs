@@ -163,8 +163,25 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// A router serving `GET /metrics` from a bare registry (for `overseer serve`, which has no
+/// controllers and so none of [`Metrics`]' reconcile metrics).
+pub fn registry_router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_registry))
+        .with_state(registry)
+}
+
 async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.encode() {
+    openmetrics_response(metrics.encode())
+}
+
+async fn serve_registry(State(registry): State<Arc<Registry>>) -> Response {
+    let mut out = String::new();
+    openmetrics_response(encode(&mut out, &registry).map(|()| out))
+}
+
+fn openmetrics_response(encoded: Result<String, std::fmt::Error>) -> Response {
+    match encoded {
         Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

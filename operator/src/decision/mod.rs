@@ -171,6 +171,20 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
         })
 }
 
+/// Read a bounded body and parse it as `T`; a body that is not one is a JSON 400 saying what it
+/// should have been (`what`, e.g. "a valid review").
+async fn read_json<T: serde::de::DeserializeOwned>(body: Body, what: &str) -> Result<T, Response> {
+    let bytes = read_body(body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the body is not {what}: {e}"),
+            None,
+        )
+    })
+}
+
 impl DecisionService {
     /// Write one record, waiting (without blocking the runtime) when the queue is full. Never
     /// drops: an error means the record could not be queued at all.
@@ -468,20 +482,9 @@ async fn commit_usage(
             None,
         );
     }
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let request: UsageRequest = match serde_json::from_slice(&bytes) {
+    let request: UsageRequest = match read_json(body, "a valid usage report").await {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("the body is not a valid usage report: {e}"),
-                None,
-            );
-        }
+        Err(r) => return r,
     };
     let usage = limits::Usage {
         tokens: request.tokens,
@@ -556,20 +559,9 @@ async fn review_approval(
             None,
         );
     }
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let request: ReviewRequest = match serde_json::from_slice(&bytes) {
+    let request: ReviewRequest = match read_json(body, "a valid review").await {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("the body is not a valid review: {e}"),
-                None,
-            );
-        }
+        Err(r) => return r,
     };
     match service.engine.review(
         &id,

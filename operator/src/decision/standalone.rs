@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use super::{
     DecisionMetrics, DecisionService,
     auth::Authenticator,
-    catalog::PolicyCatalog,
+    catalog::{PolicyCatalog, Rebuild},
     files::{FileError, PolicyDir},
 };
 
@@ -87,13 +87,19 @@ pub struct CheckArgs {
 /// Exit status of `overseer check` when it could not decide (bad policies or request).
 pub const CHECK_ERROR_EXIT: u8 = 3;
 
-fn load_policies(dir: &Path) -> anyhow::Result<(CompiledPolicies, Vec<String>)> {
+/// Read a policy directory into a catalog and compile it: what `check` and `serve` start from.
+fn load_dir(dir: &Path) -> anyhow::Result<(PolicyCatalog, PolicyDir, Vec<FileError>, Rebuild)> {
     let mut catalog = PolicyCatalog::new();
     let mut pd = PolicyDir::new(dir);
     let file_errors = pd
         .load_into(&mut catalog)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let rebuild = catalog.rebuild();
+    Ok((catalog, pd, file_errors, rebuild))
+}
+
+fn load_policies(dir: &Path) -> anyhow::Result<(CompiledPolicies, Vec<String>)> {
+    let (_, _, file_errors, rebuild) = load_dir(dir)?;
     let mut problems: Vec<String> = file_errors.iter().map(FileError::to_string).collect();
     problems.extend(
         rebuild
@@ -212,15 +218,10 @@ pub fn build(
     registry: &mut Registry,
 ) -> anyhow::Result<(Arc<DecisionService>, PolicyCatalog, PolicyDir, Persister)> {
     let auth = authenticator(args)?;
-    let mut catalog = PolicyCatalog::new();
-    let mut dir = PolicyDir::new(&args.policies);
-    let file_errors = dir
-        .load_into(&mut catalog)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (catalog, dir, file_errors, rebuild) = load_dir(&args.policies)?;
     for e in &file_errors {
         tracing::error!(file = %e.path.display(), error = %e.message, "policy file not loaded");
     }
-    let rebuild = catalog.rebuild();
     log_reports(&rebuild.reports);
     let limits = Arc::new(
         LimitState::load(LimitsConfig::default(), &args.state_file, Utc::now()).with_context(
@@ -327,28 +328,7 @@ pub async fn run_serve(
         })
     };
 
-    let metrics_registry = registry.clone();
-    let app = super::router(service.clone()).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = metrics_registry.clone();
-            async move {
-                let mut out = String::new();
-                match prometheus_client::encoding::text::encode(&mut out, &registry) {
-                    Ok(()) => (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            crate::metrics::OPENMETRICS_CONTENT_TYPE,
-                        )],
-                        out,
-                    )
-                        .into_response(),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        .into_response(),
-                }
-            }
-        }),
-    );
+    let app = super::router(service.clone()).merge(crate::metrics::registry_router(registry));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -369,5 +349,3 @@ pub async fn run_serve(
         .map_err(|e| anyhow::anyhow!("cannot persist counters: {e}"))?;
     Ok(())
 }
-
-use axum::response::IntoResponse as _;
