@@ -450,6 +450,42 @@ impl CompiledPolicies {
             .collect()
     }
 
+    /// Whether some call of `tool` on MCP server `server` by `principal` can ever be allowed by
+    /// this revision: an `Enforce` policy governing the principal has an `Allow` or
+    /// `RequireApproval` rule covering the tool and server (a condition may hold, an approval may
+    /// be granted), or raw Cedar that might permit it; and no `Enforce` policy governing it has an
+    /// unconditional `Deny` rule covering them (deny overrides). Rate limits, budgets and time
+    /// windows are temporary, so they do not hide a tool. Used by the MCP gateway to filter
+    /// `tools/list`; every call is still decided on its own.
+    pub fn may_allow(&self, principal: &Principal, server: Option<&str>, tool: &str) -> bool {
+        let mut candidates: Vec<u32> = Vec::new();
+        if let Some(rules) = self.index.exact.get(tool) {
+            candidates.extend_from_slice(rules);
+        }
+        if let Some(globs) = &self.index.globs {
+            for h in globs.matches(tool) {
+                candidates.extend_from_slice(&self.index.glob_rules[h]);
+            }
+        }
+        let enforced = |p: u32| {
+            let policy = &self.policies[p as usize];
+            policy.mode == PolicyMode::Enforce && policy.governs(principal)
+        };
+        let mut allowed = false;
+        for r in candidates {
+            let rule = &self.rules[r as usize];
+            if !rule.server.matches(server) || !enforced(rule.policy) {
+                continue;
+            }
+            match rule.effect {
+                Outcome::Deny if rule.cedar.is_none() => return false,
+                Outcome::Deny => {}
+                Outcome::Allow | Outcome::RequireApproval => allowed = true,
+            }
+        }
+        allowed || self.raw.iter().any(|&p| enforced(p))
+    }
+
     pub(crate) fn policy(&self, idx: u32) -> &CompiledPolicy {
         &self.policies[idx as usize]
     }

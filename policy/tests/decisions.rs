@@ -714,3 +714,46 @@ fn invalid_requests_are_errors_not_decisions() {
     r.tool.clear();
     assert!(e.decide(&r, now()).is_err());
 }
+
+#[test]
+fn may_allow_lists_the_tools_a_principal_can_ever_call() {
+    let mut deny_srv = rule("no-admin-on-prod", &["admin_*"], RuleEffect::Deny, None);
+    deny_srv.server = Some("prod-*".into());
+    let e = engine(&[
+        PolicySource::namespaced(
+            "ns",
+            "p",
+            rules(vec![
+                rule("read", &["read_*", "admin_*"], RuleEffect::Allow, None),
+                rule("refund", &["refund"], RuleEffect::RequireApproval, None),
+                rule("big", &["transfer"], RuleEffect::Allow, Some("context.arguments.amount < 10")),
+                rule("no-secrets", &["read_secret"], RuleEffect::Deny, None),
+                rule("maybe-not", &["read_maybe"], RuleEffect::Deny, Some("context.arguments.x == 1")),
+                deny_srv,
+            ]),
+        ),
+        PolicySource {
+            rules: PolicyRules {
+                mode: PolicyMode::Audit,
+                ..rules(vec![rule("audit-all", &["*"], RuleEffect::Allow, None)])
+            },
+            ..PolicySource::namespaced("ns", "audit", PolicyRules::default())
+        },
+    ]);
+    let c = e.current();
+    let p = |ns: &str| Principal {
+        id: "a".into(),
+        namespace: Some(ns.into()),
+        ..Default::default()
+    };
+    let yes = |tool: &str, server: Option<&str>| c.may_allow(&p("ns"), server, tool);
+    assert!(yes("read_file", None));
+    assert!(yes("refund", None), "approval can be granted");
+    assert!(yes("transfer", None), "the condition may hold");
+    assert!(yes("read_maybe", None), "a conditional deny does not always apply");
+    assert!(!yes("read_secret", None), "unconditional deny overrides");
+    assert!(!yes("write_file", None), "no rule allows it; audit policies never allow");
+    assert!(yes("admin_users", Some("staging")));
+    assert!(!yes("admin_users", Some("prod-eu")), "deny for that server");
+    assert!(!c.may_allow(&p("other"), None, "read_file"), "out of scope");
+}
