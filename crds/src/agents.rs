@@ -636,6 +636,7 @@ pub enum ApprovalPhase {
 #[x_kube(validation = Rule::new("duration(self.maxTtl) >= duration('1s') && duration(self.maxTtl) <= duration('168h')").message("maxTtl must be between 1s and 168h"))]
 #[x_kube(validation = Rule::new("!has(self.defaultTtl) || duration(self.defaultTtl) <= duration(self.maxTtl)").message("defaultTtl must not exceed maxTtl"))]
 #[x_kube(validation = Rule::new("size(self.allowedRoles) > 0 || size(self.allowedRules) > 0").message("a class must allow at least one role or rule"))]
+#[x_kube(validation = Rule::new("!self.requireApproval || (has(self.approval) && ((has(self.approval.users) && size(self.approval.users) > 0) || (has(self.approval.groups) && size(self.approval.groups) > 0)))").message("requireApproval needs approval.users or approval.groups: someone must be able to approve"))]
 #[serde(rename_all = "camelCase")]
 pub struct EphemeralIdentityClassSpec {
     /// The longest TTL an identity of this class may have (Go duration, at most `168h`).
@@ -668,9 +669,14 @@ pub struct EphemeralIdentityClassSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
     pub allowed_audiences: Vec<String>,
-    /// Whether each identity needs an approved `AgentApproval` before it is issued.
+    /// Whether each identity needs an approved `AgentApproval` before it is issued. The operator
+    /// creates the request in the identity's namespace; `approval` names who may review it.
     #[serde(default)]
     pub require_approval: bool,
+    /// Who may approve issuing identities of this class, and how long a request waits. Required
+    /// when `requireApproval` is true; an unanswered request denies the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSettings>,
     /// How long a finished (expired, revoked or denied) identity stays as a record before it is
     /// deleted (Go duration). Defaults to `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

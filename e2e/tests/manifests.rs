@@ -589,7 +589,8 @@ fn the_operator_gets_exactly_what_it_uses() {
     assert_eq!(verbs, ["create", "get", "patch"]);
 
     // The EphemeralIdentity controller: its children (issue, revoke, sweep), token requests,
-    // namespaces and classes (decide), its own kind and status; `bind` only on vetted roles.
+    // namespaces and classes (decide), its own kind and status, approval requests; `bind` only on
+    // vetted roles.
     let identity: ClusterRole = one(&objects, "ClusterRole", "overseer-identity-manager");
     let children = ["get", "list", "watch", "create", "patch", "delete"];
     let mut expected: BTreeSet<(String, String, String, String)> = [
@@ -614,6 +615,8 @@ fn the_operator_gets_exactly_what_it_uses() {
             "ephemeralidentities/status",
             &["patch"],
         ),
+        // Approval requests for classes with requireApproval (server-side apply creates them).
+        triples("agents.overseer.dev", "agentapprovals", &["create", "patch"]),
     ]
     .into_iter()
     .flatten()

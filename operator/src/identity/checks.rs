@@ -31,6 +31,10 @@ pub mod reason {
     pub const NAME_CONFLICT: &str = "NameConflict";
     /// The class requires an approval and none is recorded.
     pub const APPROVAL_REQUIRED: &str = "ApprovalRequired";
+    /// A reviewer denied the identity's approval request.
+    pub const APPROVAL_DENIED: &str = "ApprovalDenied";
+    /// Nobody reviewed the approval request before it expired.
+    pub const APPROVAL_EXPIRED: &str = "ApprovalExpired";
     /// Objects are being created and the token requested.
     pub const ISSUING: &str = "Issuing";
     /// The token is issued and valid.
@@ -424,6 +428,7 @@ mod tests {
             ],
             allowed_audiences: vec!["mcp-gateway".into(), "vault".into()],
             require_approval: false,
+            approval: None,
             record_retention: None,
         }
     }

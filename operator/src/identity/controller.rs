@@ -12,11 +12,12 @@ use kube::{
     Api, ResourceExt,
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
-use overseer_crds::agents::{EphemeralIdentity, EphemeralIdentityClass};
+use overseer_crds::agents::{AgentApproval, EphemeralIdentity, EphemeralIdentityClass};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
+    approval,
     reconcile::{CONTROLLER, reconcile},
     sweep::{child_selector, sweep},
 };
@@ -65,6 +66,10 @@ async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken)
         .owns(Api::<Secret>::all(client.clone()), children.clone())
         .owns(Api::<Role>::all(client.clone()), children.clone())
         .owns(Api::<RoleBinding>::all(client.clone()), children)
+        .owns(
+            Api::<AgentApproval>::all(client.clone()),
+            watcher::Config::default().labels(&approval::selector()),
+        )
         .watches(
             Api::<EphemeralIdentityClass>::all(client.clone()),
             watcher::Config::default(),

@@ -12,6 +12,7 @@
 //! that checks tokens offline (JWKS/OIDC) sees only the token's `exp` and keeps accepting it until
 //! then; keep such audiences on short TTLs, or verify through TokenReview.
 
+pub mod approval;
 pub mod build;
 pub mod checks;
 pub mod cli;

@@ -37,13 +37,17 @@ use kube::{
     },
 };
 use overseer_crds::{
-    agents::{EphemeralIdentity, EphemeralIdentityClass, EphemeralIdentityStatus, IdentityPhase},
+    agents::{
+        AgentApproval, EphemeralIdentity, EphemeralIdentityClass, EphemeralIdentityStatus,
+        IdentityPhase,
+    },
     common::CONDITION_READY,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::{info, warn};
 
 use super::{
+    approval::{self, ApprovalState},
     build::{Owner, Token, expires_at, secret_times, token_of},
     checks::{self, Allowed, Denial, reason},
 };
@@ -220,24 +224,29 @@ impl<'a> Run<'a> {
             Ok(allowed) => allowed,
             Err(denial) => return self.deny(denial, &class).await,
         };
-        if class.spec.require_approval {
-            if self.may_have_children() {
-                self.delete_children().await?;
+        let approved = if class.spec.require_approval {
+            match self.approval_gate(&class).await? {
+                Ok(approval) => Some(approval),
+                Err(action) => return Ok(action),
             }
-            let message = format!(
-                "class {:?} requires an approved AgentApproval before issuing; approvals for identities are not supported yet",
-                class.name_any()
-            );
-            self.write_status(
-                IdentityPhase::Pending,
-                reason::APPROVAL_REQUIRED,
-                message,
-                |_| {},
-            )
-            .await?;
-            return Ok(Action::await_change());
+        } else {
+            None
+        };
+        let (action, issued) = self.mint(&class, &allowed).await?;
+        if issued && let Some((approval, reviewer)) = approved {
+            self.record_approval(&approval, &ApprovalState::Approved { reviewer }, true)
+                .await?;
         }
+        Ok(action)
+    }
 
+    /// Create the children and the token. The flag says whether the identity was issued (as
+    /// opposed to refused for a name held by someone else).
+    async fn mint(
+        &self,
+        class: &EphemeralIdentityClass,
+        allowed: &Allowed,
+    ) -> Result<(Action, bool)> {
         // Nothing foreign may hold one of our names.
         let names = &self.owner.names;
         let existing_secret = self
@@ -245,18 +254,18 @@ impl<'a> Run<'a> {
             .await;
         let existing_secret = match existing_secret? {
             Ok(secret) => secret,
-            Err(denial) => return self.deny(denial, &class).await,
+            Err(denial) => return Ok((self.deny(denial, class).await?, false)),
         };
         if let Err(denial) = self
             .owned_or_conflict::<ServiceAccount>("ServiceAccount", &names.service_account)
             .await?
         {
-            return self.deny(denial, &class).await;
+            return Ok((self.deny(denial, class).await?, false));
         }
         if !allowed.rules.is_empty()
             && let Err(denial) = self.owned_or_conflict::<Role>("Role", &names.role).await?
         {
-            return self.deny(denial, &class).await;
+            return Ok((self.deny(denial, class).await?, false));
         }
         for binding in self
             .owner
@@ -266,7 +275,7 @@ impl<'a> Run<'a> {
                 .owned_or_conflict::<RoleBinding>("RoleBinding", &binding)
                 .await?
             {
-                return self.deny(denial, &class).await;
+                return Ok((self.deny(denial, class).await?, false));
             }
         }
 
@@ -275,7 +284,7 @@ impl<'a> Run<'a> {
             && token_of(secret).is_some()
             && let Some((issued_at, expires_at)) = secret_times(secret)
         {
-            return self.activate(issued_at, expires_at, &class).await;
+            return Ok((self.activate(issued_at, expires_at, class).await?, true));
         }
 
         if !self.may_have_children() {
@@ -327,7 +336,139 @@ impl<'a> Run<'a> {
             .await?;
         drop(token);
         info!(identity = %self.owner.name, namespace = %self.owner.namespace, expires_at = %ends, "token issued");
-        self.activate(issued_at, ends, &class).await
+        Ok((self.activate(issued_at, ends, class).await?, true))
+    }
+
+    /// For classes that require approval: `Ok(Ok((approval, reviewer)))` once a listed approver
+    /// approved this exact request; otherwise open or wait for the request, or end the identity
+    /// `Denied` when it was denied or timed out, and return the action to take.
+    async fn approval_gate(
+        &self,
+        class: &EphemeralIdentityClass,
+    ) -> Result<std::result::Result<(AgentApproval, String), Action>> {
+        let digest = approval::request_digest(self.identity, &self.owner.uid);
+        let name = approval::approval_name(&self.owner, &digest);
+        let api = self.api::<AgentApproval>();
+        let existing = api.get_opt(&name).await?;
+        if let Some(existing) = &existing
+            && !self.owner.controls(existing.meta())
+        {
+            let denial = Denial {
+                reason: reason::NAME_CONFLICT,
+                message: format!(
+                    "AgentApproval {name:?} already exists in namespace {:?} and does not belong to this identity",
+                    self.owner.namespace
+                ),
+            };
+            return Ok(Err(self.deny(denial, class).await?));
+        }
+        let state = approval::state(existing.as_ref(), &digest, self.now);
+        let waiting = |name: &str, expires_at: Timestamp| {
+            format!(
+                "waiting until {expires_at} for a listed approver to approve AgentApproval {name:?}: \
+                 kubectl patch agentapproval {name} -n {} --type merge -p \
+                 '{{\"spec\":{{\"review\":{{\"decision\":\"Approved\",\"reviewer\":\"<your username>\"}}}}}}'",
+                self.owner.namespace
+            )
+        };
+        match state {
+            ApprovalState::Missing => {
+                if self.may_have_children() {
+                    self.delete_children().await?;
+                }
+                let request =
+                    approval::request(&self.owner, self.identity, class, &digest, self.now);
+                let expires_at = request
+                    .spec
+                    .expires_at
+                    .parse::<Timestamp>()
+                    .unwrap_or(self.now);
+                self.put(&request).await?;
+                self.write_status(
+                    IdentityPhase::Pending,
+                    reason::APPROVAL_REQUIRED,
+                    waiting(&name, expires_at),
+                    |_| {},
+                )
+                .await?;
+                Ok(Err(requeue_until(self.now, expires_at)))
+            }
+            ApprovalState::Waiting {
+                ref name,
+                expires_at,
+            } => {
+                if let Some(existing) = &existing {
+                    self.record_approval(existing, &state, false).await?;
+                }
+                self.write_status(
+                    IdentityPhase::Pending,
+                    reason::APPROVAL_REQUIRED,
+                    waiting(name, expires_at),
+                    |_| {},
+                )
+                .await?;
+                Ok(Err(requeue_until(self.now, expires_at)))
+            }
+            ApprovalState::Approved { ref reviewer } => {
+                let Some(existing) = existing else {
+                    return Err(Error::MissingObjectKey("approval"));
+                };
+                self.record_approval(&existing, &state, false).await?;
+                Ok(Ok((existing, reviewer.clone())))
+            }
+            ApprovalState::Denied {
+                ref reviewer,
+                ref comment,
+            } => {
+                if let Some(existing) = &existing {
+                    self.record_approval(existing, &state, false).await?;
+                }
+                let comment = comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                let denial = Denial {
+                    reason: reason::APPROVAL_DENIED,
+                    message: format!("{reviewer} denied AgentApproval {name:?}{comment}"),
+                };
+                Ok(Err(self.deny(denial, class).await?))
+            }
+            ApprovalState::Expired { expires_at } => {
+                if let Some(existing) = &existing {
+                    self.record_approval(existing, &state, false).await?;
+                }
+                let denial = Denial {
+                    reason: reason::APPROVAL_EXPIRED,
+                    message: format!(
+                        "nobody reviewed AgentApproval {name:?} before it expired at {expires_at}"
+                    ),
+                };
+                Ok(Err(self.deny(denial, class).await?))
+            }
+        }
+    }
+
+    /// Record `state` in the approval's status (leader-gated; skipped when unchanged).
+    async fn record_approval(
+        &self,
+        existing: &AgentApproval,
+        state: &ApprovalState,
+        consumed: bool,
+    ) -> Result<()> {
+        let Some(status) =
+            approval::status_for(existing.status.as_ref(), state, consumed, self.now)
+        else {
+            return Ok(());
+        };
+        apply_status(
+            &self.api::<AgentApproval>(),
+            &self.ctx.leader,
+            STATUS_MANAGER,
+            &existing.name_any(),
+            &status,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Write the `Active` status and requeue at the end.

@@ -114,6 +114,7 @@ fn class() -> EphemeralIdentityClass {
             }],
             allowed_audiences: vec!["vault".into()],
             require_approval: false,
+            approval: None,
             record_retention: Some("2h".parse().expect("duration")),
         },
     )
@@ -226,8 +227,8 @@ where
     out
 }
 
-#[tokio::test]
-async fn issuing_creates_everything_in_order_and_binds_the_token_to_the_secret() {
+/// Every request of issuing after the class was read and allowed the identity.
+fn issuing_requests() -> Vec<ExpectedRequest> {
     let o = owner();
     let names = o.names.clone();
     let view_binding = names.role_binding(&view());
@@ -292,8 +293,7 @@ async fn issuing_creates_everything_in_order_and_binds_the_token_to_the_secret()
             condition("Issued", "True", "Issued", active_message),
         ],
     });
-    let expected = vec![
-        get(CLASS_PATH.into(), (200, json_of(&class()))),
+    vec![
         get(core("secrets", &names.secret), not_found()),
         get(core("serviceaccounts", &names.service_account), not_found()),
         get(rbac("roles", &names.role), not_found()),
@@ -342,7 +342,13 @@ async fn issuing_creates_everything_in_order_and_binds_the_token_to_the_secret()
         ExpectedRequest::apply(STATUS_PATH, status_body(active.clone()))
             .respond(200, status_response(active).1),
         event("Issued", "Normal"),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn issuing_creates_everything_in_order_and_binds_the_token_to_the_secret() {
+    let mut expected = vec![get(CLASS_PATH.into(), (200, json_of(&class())))];
+    expected.extend(issuing_requests());
     let action = run_scenario(expected, |ctx| async move {
         apply_at(&identity(None), &ctx, now()).await
     })
@@ -832,4 +838,202 @@ async fn the_sweep_deletes_children_whose_identity_is_gone() {
     })
     .await;
     assert_eq!(deleted.expect("swept"), 1);
+}
+
+// --- approval before issuing --------------------------------------------------------------
+
+fn approval_class() -> EphemeralIdentityClass {
+    let mut c = class();
+    c.spec.require_approval = true;
+    c.spec.approval = Some(overseer_crds::agents::ApprovalSettings {
+        groups: vec!["platform-oncall".into()],
+        timeout: Some("10m".parse().expect("duration")),
+        ..Default::default()
+    });
+    c
+}
+
+fn approval_path(name: &str) -> String {
+    format!("/apis/agents.overseer.dev/v1alpha1/namespaces/{NS}/agentapprovals/{name}")
+}
+
+fn approval_status_path(name: &str) -> &'static str {
+    leak(format!(
+        "{}/status?&force=true&fieldManager=overseer-identity-status",
+        approval_path(name)
+    ))
+}
+
+fn opened_approval() -> (String, Value) {
+    let o = owner();
+    let id = identity(None);
+    let digest = super::approval::request_digest(&id, &o.uid);
+    let request = super::approval::request(&o, &id, &approval_class(), &digest, now());
+    let name = request.metadata.name.clone().expect("name");
+    (name, json_of(&request))
+}
+
+fn reviewed(mut approval: Value, decision: &str, reviewer: &str) -> Value {
+    approval["spec"]["review"] =
+        json!({"decision": decision, "reviewer": reviewer, "comment": "checked"});
+    approval
+}
+
+fn approval_status_body(status: Value) -> Value {
+    json!({"apiVersion": "agents.overseer.dev/v1alpha1", "kind": "AgentApproval", "status": status})
+}
+
+#[tokio::test]
+async fn a_class_requiring_approval_opens_a_request_bound_to_the_exact_grants() {
+    let (name, request) = opened_approval();
+    // The request names the approvers, is owned by the identity and times out with the class.
+    assert_eq!(
+        request["spec"]["approverGroups"],
+        json!(["platform-oncall"])
+    );
+    assert_eq!(request["spec"]["expiresAt"], "2030-01-01T00:10:00Z");
+    assert_eq!(request["metadata"]["ownerReferences"][0]["uid"], UID);
+    let message = format!(
+        "waiting until 2030-01-01T00:10:00Z for a listed approver to approve AgentApproval {name:?}: \
+         kubectl patch agentapproval {name} -n {NS} --type merge -p \
+         '{{\"spec\":{{\"review\":{{\"decision\":\"Approved\",\"reviewer\":\"<your username>\"}}}}}}'"
+    );
+    let pending = json!({
+        "phase": "Pending",
+        "observedGeneration": 1,
+        "conditions": [
+            condition("Ready", "False", "ApprovalRequired", &message),
+            condition("Issued", "False", "ApprovalRequired", &message),
+        ],
+    });
+    let expected = vec![
+        get(CLASS_PATH.into(), (200, json_of(&approval_class()))),
+        get(approval_path(&name), not_found()),
+        apply(ssa(approval_path(&name)), request),
+        ExpectedRequest::apply(STATUS_PATH, status_body(pending.clone()))
+            .respond(200, status_response(pending).1),
+        event("ApprovalRequired", "Warning"),
+    ];
+    let action = run_scenario(expected, |ctx| async move {
+        apply_at(&identity(None), &ctx, now()).await
+    })
+    .await;
+    // Woken by the review (owned object) or exactly at the timeout.
+    assert_eq!(
+        action.expect("waiting"),
+        Action::requeue(Duration::from_secs(600))
+    );
+}
+
+#[tokio::test]
+async fn a_denied_approval_denies_the_identity_and_records_the_reviewer() {
+    let (name, request) = opened_approval();
+    let denied_approval = reviewed(request, "Denied", "alice");
+    let message = format!("alice denied AgentApproval {name:?}: checked");
+    let denied = json!({
+        "phase": "Denied",
+        "endedAt": "2030-01-01T00:00:00Z",
+        "observedGeneration": 1,
+        "conditions": [
+            condition("Ready", "False", "ApprovalDenied", &message),
+            condition("Issued", "False", "ApprovalDenied", &message),
+        ],
+    });
+    let approval_status =
+        json!({"phase": "Denied", "reviewedBy": "alice", "reviewedAt": "2030-01-01T00:00:00Z"});
+    let expected = vec![
+        get(CLASS_PATH.into(), (200, json_of(&approval_class()))),
+        get(approval_path(&name), (200, denied_approval.clone())),
+        ExpectedRequest::apply(
+            approval_status_path(&name),
+            approval_status_body(approval_status),
+        )
+        .respond(200, denied_approval),
+        ExpectedRequest::apply(STATUS_PATH, status_body(denied.clone()))
+            .respond(200, status_response(denied).1),
+        event("ApprovalDenied", "Warning"),
+    ];
+    let action = run_scenario(expected, |ctx| async move {
+        apply_at(&identity(None), &ctx, now()).await
+    })
+    .await;
+    assert_eq!(
+        action.expect("denied"),
+        Action::requeue(Duration::from_secs(7200))
+    );
+}
+
+#[tokio::test]
+async fn an_unanswered_approval_times_out_into_a_denial() {
+    let (name, request) = opened_approval();
+    let message =
+        format!("nobody reviewed AgentApproval {name:?} before it expired at 2030-01-01T00:10:00Z");
+    let denied = json!({
+        "phase": "Denied",
+        "endedAt": "2030-01-01T00:10:00Z",
+        "observedGeneration": 1,
+        "conditions": [
+            condition("Ready", "False", "ApprovalExpired", &message),
+            condition("Issued", "False", "ApprovalExpired", &message),
+        ],
+    });
+    let mut denied = denied;
+    for c in denied["conditions"].as_array_mut().expect("conditions") {
+        c["lastTransitionTime"] = json!("2030-01-01T00:10:00Z");
+    }
+    let expected = vec![
+        get(CLASS_PATH.into(), (200, json_of(&approval_class()))),
+        get(approval_path(&name), (200, request.clone())),
+        ExpectedRequest::apply(
+            approval_status_path(&name),
+            approval_status_body(json!({"phase": "Expired"})),
+        )
+        .respond(200, request),
+        ExpectedRequest::apply(STATUS_PATH, status_body(denied.clone()))
+            .respond(200, status_response(denied).1),
+        event("ApprovalExpired", "Warning"),
+    ];
+    let action = run_scenario(expected, |ctx| async move {
+        apply_at(&identity(None), &ctx, at(600)).await
+    })
+    .await;
+    assert!(action.is_ok(), "{action:?}");
+}
+
+#[tokio::test]
+async fn an_approved_request_issues_the_token_then_marks_the_approval_consumed() {
+    let (name, request) = opened_approval();
+    let approved = reviewed(request, "Approved", "alice");
+    let mut expected = vec![
+        get(CLASS_PATH.into(), (200, json_of(&approval_class()))),
+        get(approval_path(&name), (200, approved.clone())),
+        ExpectedRequest::apply(
+            approval_status_path(&name),
+            approval_status_body(json!({
+                "phase": "Approved", "reviewedBy": "alice", "reviewedAt": "2030-01-01T00:00:00Z",
+            })),
+        )
+        .respond(200, approved.clone()),
+    ];
+    expected.extend(issuing_requests());
+    // The approval object handed on is the one read before issuing (no status yet), so the
+    // consumed write carries the review time as of now.
+    expected.push(
+        ExpectedRequest::apply(
+            approval_status_path(&name),
+            approval_status_body(json!({
+                "phase": "Consumed", "reviewedBy": "alice", "reviewedAt": "2030-01-01T00:00:00Z",
+                "consumedAt": "2030-01-01T00:00:00Z",
+            })),
+        )
+        .respond(200, approved),
+    );
+    let action = run_scenario(expected, |ctx| async move {
+        apply_at(&identity(None), &ctx, now()).await
+    })
+    .await;
+    assert_eq!(
+        action.expect("issued"),
+        Action::requeue(Duration::from_secs(300))
+    );
 }
