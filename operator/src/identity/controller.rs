@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     approval,
+    class::{self, BindChecks, ClassState},
     reconcile::{CONTROLLER, reconcile},
     sweep::{child_selector, sweep},
 };
@@ -89,14 +90,47 @@ async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken)
     crate::controller::mark_ready_when_synced(store.clone(), ready, shutdown.clone());
     tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
 
-    controller
+    // Class status (active count, bind check) from the same identity cache: revisited on every
+    // identity change, debounced so a burst of changes is one reconcile per class.
+    let state = Arc::new(ClassState {
+        identities: store.clone(),
+        checks: BindChecks::default(),
+    });
+    let classes = Controller::new(
+        Api::<EphemeralIdentityClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+    .watches(
+        Api::<EphemeralIdentity>::all(client.clone()),
+        watcher::Config::default(),
+        |identity: EphemeralIdentity| {
+            Some(ObjectRef::<EphemeralIdentityClass>::new(
+                &identity.spec.class_name,
+            ))
+        },
+    )
+    .reconcile_all_on(ctx.leader.acquisitions())
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+    .run(
+        move |class, ctx| class::reconcile(class, ctx, state.clone()),
+        |_class, error: &Error, _ctx| requeue_after_error(error),
+        ctx.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(controller = class::CONTROLLER, error = %e, "class reconcile failed");
+        }
+    });
+
+    let identities = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(controller = CONTROLLER, error = %e, "identity reconcile failed");
             }
-        })
-        .await;
+        });
+    futures::join!(identities, classes);
 }
 
 /// Sweep orphans at start and every [`SWEEP_INTERVAL`] while this replica leads.

@@ -15,6 +15,7 @@
 pub mod approval;
 pub mod build;
 pub mod checks;
+pub mod class;
 pub mod cli;
 pub mod controller;
 pub mod names;
