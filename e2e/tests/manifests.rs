@@ -616,7 +616,17 @@ fn the_operator_gets_exactly_what_it_uses() {
             &["patch"],
         ),
         // Approval requests for classes with requireApproval (server-side apply creates them).
-        triples("agents.overseer.dev", "agentapprovals", &["create", "patch"]),
+        triples(
+            "agents.overseer.dev",
+            "agentapprovals",
+            &["create", "patch"],
+        ),
+        // Class status: may the operator bind each allowed ClusterRole?
+        triples(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            &["create"],
+        ),
     ]
     .into_iter()
     .flatten()
@@ -803,4 +813,78 @@ fn decisions_component_runs_overseer_serve_with_valid_flags() {
             .iter()
             .any(|p| p.port == 8181 && p.name.as_deref() == Some("decisions"))
     );
+}
+
+#[test]
+fn the_runway_controller_gets_exactly_what_it_uses() {
+    let objects = default_objects();
+    let runway: ClusterRole = one(&objects, "ClusterRole", "overseer-manager-runway");
+    let owned = ["get", "list", "watch", "create", "patch", "delete"];
+    let expected: BTreeSet<(String, String, String)> = [
+        // Revisions (ControllerRevisions) and the backend objects they own.
+        triples("apps", "controllerrevisions", &owned),
+        triples("apps", "deployments", &owned),
+        triples("", "services", &owned),
+        // The smoke test lists pods; the llm-d endpoint picker's Role grants the same.
+        triples("", "pods", &["get", "list", "watch"]),
+        // llm-d's endpoint picker identity (applied, checked, deleted; not watched).
+        triples("", "serviceaccounts", &["get", "create", "patch", "delete"]),
+        triples(
+            "rbac.authorization.k8s.io",
+            "roles",
+            &["get", "create", "patch", "delete"],
+        ),
+        triples(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            &["get", "create", "patch", "delete"],
+        ),
+        triples(
+            "inference.networking.x-k8s.io",
+            "inferenceobjectives",
+            &["get", "list", "watch"],
+        ),
+        triples(
+            "inference.networking.x-k8s.io",
+            "inferencemodelrewrites",
+            &["get", "list", "watch"],
+        ),
+        triples("llm-d.ai", "inferenceobjectives", &["get", "list", "watch"]),
+        triples(
+            "llm-d.ai",
+            "inferencemodelrewrites",
+            &["get", "list", "watch"],
+        ),
+        triples("inference.networking.k8s.io", "inferencepools", &owned),
+        triples("kaito.sh", "workspaces", &owned),
+        triples("kaito.sh", "inferencesets", &owned),
+        triples("nvidia.com", "dynamographdeployments", &owned),
+        triples("serving.kserve.io", "inferenceservices", &owned),
+        // The HTTPRoute is never deleted by the controller (garbage collection does it).
+        triples(
+            "gateway.networking.k8s.io",
+            "httproutes",
+            &["get", "list", "watch", "create", "patch"],
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(grants(&runway), expected);
+    // Never more than the runway kinds' reads and status writes of the shared role.
+    assert!(
+        grants(&runway)
+            .iter()
+            .all(|(group, _, _)| !group.ends_with(".overseer.dev"))
+    );
+    let binding: ClusterRoleBinding =
+        one(&objects, "ClusterRoleBinding", "overseer-manager-runway");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "overseer-manager-runway")
+    );
+    bound_to_the_operator_only(binding.subjects, "overseer-manager-runway");
 }

@@ -13,4 +13,5 @@ pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod runtime;
+pub mod runway;
 pub mod telemetry;
