@@ -37,6 +37,9 @@ pub enum Command {
     /// Decide one request against a directory of policies and print the decision and its
     /// reasons. Exit status: 0 allow, 1 deny, 2 approval required, 3 could not decide.
     Check(crate::decision::standalone::CheckArgs),
+    /// Run the MCP gateway: a Streamable HTTP reverse proxy that decides every tools/call
+    /// before it reaches an upstream MCP server (see docs/gateway.md).
+    Gateway(crate::gateway::run::GatewayArgs),
     /// Tools for the hash-chained audit log.
     Audit {
         /// What to do with the audit log.

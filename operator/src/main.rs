@@ -42,6 +42,16 @@ fn main() -> ExitCode {
                     }))
                 })
         }),
+        Command::Gateway(args) => operator::telemetry::init(&cli.log).and_then(|()| {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(operator::gateway::run::run_gateway(args, async {
+                        let signal = operator::runtime::wait_for_signal().await;
+                        tracing::info!(signal, "received shutdown signal");
+                    }))
+                })
+        }),
         Command::Check(args) => return operator::decision::standalone::run_check(&args),
         Command::Audit {
             command: AuditCommand::Verify { file },

@@ -2,5 +2,13 @@
 //! before it reaches an upstream MCP server (see `docs/gateway.md`).
 //!
 //! * [`decider`]: who decides (in-process engine or a remote decision service, failing closed).
+//! * [`config`]: the upstream MCP servers, their injected credentials, who may reach them.
+//! * [`jsonrpc`]: JSON-RPC messages, errors, and JSON/SSE response bodies.
+//! * [`proxy`]: the axum router that authenticates, decides and forwards.
+//! * [`run`]: the `overseer gateway` command.
 
+pub mod config;
 pub mod decider;
+pub mod jsonrpc;
+pub mod proxy;
+pub mod run;

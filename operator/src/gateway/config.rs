@@ -1,0 +1,276 @@
+//! The gateway's configuration file: the upstream MCP servers, the credential injected into each,
+//! and which agents may reach them.
+//!
+//! ```yaml
+//! agentNamespace: default          # namespace of agents authenticated by API key
+//! upstreams:
+//!   - name: github                 # the MCP server name policies match (`tools[].server`)
+//!     url: http://127.0.0.1:3001/mcp
+//!     agents: ["support-bot-*"]    # principal id globs; omitted: every authenticated agent
+//!     timeoutSeconds: 30           # time to the upstream's response headers
+//!     credential:                  # injected; agents never hold it
+//!       header: Authorization
+//!       prefix: "Bearer "
+//!       fromEnv: GITHUB_MCP_TOKEN  # or fromFile: /var/run/secrets/github/token
+//! ```
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use hyper::{
+    Uri,
+    header::{HeaderName, HeaderValue},
+};
+use serde::Deserialize;
+
+/// The configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Namespace given to agents authenticated by API key (namespaced `AgentPolicy` objects only
+    /// govern principals of their namespace). Omitted: `$POD_NAMESPACE`, else none.
+    #[serde(default)]
+    pub agent_namespace: Option<String>,
+    /// The upstream MCP servers.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One upstream MCP server.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name: the path segment agents connect to (`/mcp/{name}`) and the `server` of decision
+    /// requests.
+    pub name: String,
+    /// Streamable HTTP endpoint of the server (`http://host:port/mcp`).
+    pub url: String,
+    /// Globs of the principal ids that may reach it; omitted or empty: every authenticated agent
+    /// (policies still decide every tool call).
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Seconds to wait for the upstream's response headers. Default 30.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// The credential injected into every request to the upstream.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+}
+
+/// Where the upstream's credential comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Header to set. Default `Authorization`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Put before the secret (e.g. `"Bearer "`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub from_env: Option<String>,
+    /// File holding the secret (trailing whitespace is trimmed), e.g. a mounted Secret.
+    #[serde(default)]
+    pub from_file: Option<PathBuf>,
+}
+
+/// A resolved upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name.
+    pub name: String,
+    /// Endpoint.
+    pub uri: Uri,
+    /// Who may reach it (`None`: every authenticated agent).
+    pub agents: Option<GlobSet>,
+    /// Time to response headers.
+    pub timeout: Duration,
+    /// Injected header.
+    pub credential: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Upstream {
+    /// Whether `principal_id` may reach this upstream.
+    pub fn admits(&self, principal_id: &str) -> bool {
+        self.agents
+            .as_ref()
+            .is_none_or(|g| g.is_match(principal_id))
+    }
+}
+
+/// Default time to an upstream's response headers.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl GatewayConfig {
+    /// Parse YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Check every upstream and read its credential (`env` looks up environment variables).
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, Upstream>, String> {
+        if self.upstreams.is_empty() {
+            return Err("`upstreams` is empty: configure at least one MCP server".into());
+        }
+        let mut out = HashMap::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = format!("upstreams[{i}] ({})", u.name);
+            let valid_name = !u.name.is_empty()
+                && u.name.len() <= 253
+                && u.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+            if !valid_name {
+                return Err(format!(
+                    "{at}: name must be 1-253 characters of letters, digits, '-', '.', '_'"
+                ));
+            }
+            let uri: Uri = u
+                .url
+                .parse()
+                .map_err(|e| format!("{at}: url {:?} is not a URL: {e}", u.url))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(format!(
+                    "{at}: url must be an absolute http:// URL (TLS to upstreams is left to a mesh)"
+                ));
+            }
+            let agents = if u.agents.is_empty() {
+                None
+            } else {
+                let mut b = GlobSetBuilder::new();
+                for g in &u.agents {
+                    b.add(Glob::new(g).map_err(|e| format!("{at}: agent glob {g:?}: {e}"))?);
+                }
+                Some(b.build().map_err(|e| format!("{at}: {e}"))?)
+            };
+            let credential = match &u.credential {
+                None => None,
+                Some(c) => Some(resolve_credential(c, &env).map_err(|e| format!("{at}: {e}"))?),
+            };
+            let timeout = match u.timeout_seconds {
+                None => DEFAULT_UPSTREAM_TIMEOUT,
+                Some(0) => return Err(format!("{at}: timeoutSeconds must be at least 1")),
+                Some(s) => Duration::from_secs(s),
+            };
+            let upstream = Upstream {
+                name: u.name.clone(),
+                uri,
+                agents,
+                timeout,
+                credential,
+            };
+            if out.insert(u.name.clone(), upstream).is_some() {
+                return Err(format!("{at}: the name is used twice"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn resolve_credential(
+    c: &CredentialConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(HeaderName, HeaderValue), String> {
+    let name = c.header.as_deref().unwrap_or("authorization");
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("credential header {name:?} is not a header name"))?;
+    let secret = match (&c.from_env, &c.from_file) {
+        (Some(var), None) => {
+            env(var).ok_or_else(|| format!("credential variable {var} is not set"))?
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read credential file {}: {e}", path.display()))?
+            .trim_end()
+            .to_owned(),
+        _ => return Err("credential: set exactly one of fromEnv or fromFile".into()),
+    };
+    if secret.is_empty() {
+        return Err("the credential is empty".into());
+    }
+    let mut value = HeaderValue::from_str(&format!(
+        "{}{secret}",
+        c.prefix.as_deref().unwrap_or_default()
+    ))
+    .map_err(|_| "the credential has characters not allowed in a header".to_owned())?;
+    value.set_sensitive(true);
+    Ok((header, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_upstreams_and_credentials() {
+        let cfg = GatewayConfig::from_yaml(
+            r#"
+agentNamespace: default
+upstreams:
+  - name: github
+    url: http://127.0.0.1:3001/mcp
+    agents: ["support-*"]
+    timeoutSeconds: 5
+    credential: {prefix: "Bearer ", fromEnv: GH}
+  - name: open
+    url: http://10.0.0.1/mcp
+"#,
+        )
+        .expect("parses");
+        let ups = cfg
+            .resolve(|v| (v == "GH").then(|| "s3cret".to_owned()))
+            .expect("resolves");
+        let gh = &ups["github"];
+        assert!(gh.admits("support-bot-1"));
+        assert!(!gh.admits("finance-bot"));
+        assert_eq!(gh.timeout, Duration::from_secs(5));
+        let (h, v) = gh.credential.as_ref().expect("credential");
+        assert_eq!(h, "authorization");
+        assert_eq!(v.to_str().ok(), Some("Bearer s3cret"));
+        assert!(ups["open"].admits("anyone"));
+        assert_eq!(ups["open"].timeout, DEFAULT_UPSTREAM_TIMEOUT);
+    }
+
+    #[test]
+    fn bad_configs_say_what_to_fix() {
+        for (yaml, expect) in [
+            ("upstreams: []", "at least one"),
+            (
+                "upstreams: [{name: 'a b', url: 'http://x/'}]",
+                "name must be",
+            ),
+            ("upstreams: [{name: a, url: 'https://x/'}]", "http://"),
+            (
+                "upstreams: [{name: a, url: 'http://x/'}, {name: a, url: 'http://y/'}]",
+                "twice",
+            ),
+            (
+                "upstreams: [{name: a, url: 'http://x/', agents: ['[']}]",
+                "agent glob",
+            ),
+            (
+                "upstreams: [{name: a, url: 'http://x/', credential: {fromEnv: NOPE}}]",
+                "not set",
+            ),
+            (
+                "upstreams: [{name: a, url: 'http://x/', credential: {}}]",
+                "exactly one",
+            ),
+            (
+                "upstreams: [{name: a, url: 'http://x/', timeoutSeconds: 0}]",
+                "at least 1",
+            ),
+            (
+                "upstreams: [{name: a, url: 'http://x/', bogus: 1}]",
+                "unknown field",
+            ),
+        ] {
+            let err = GatewayConfig::from_yaml(yaml)
+                .and_then(|c| c.resolve(|_| None))
+                .expect_err(yaml);
+            assert!(err.contains(expect), "{yaml}: {err}");
+        }
+    }
+}

@@ -1,0 +1,887 @@
+//! The reverse proxy: MCP Streamable HTTP (protocol revision 2025-06-18) at `/mcp/{upstream}`.
+//!
+//! * `POST` carries one JSON-RPC message. A `tools/call` is decided by the [`Decider`] before
+//!   anything reaches the upstream; when it is allowed, the exact bytes that were decided are
+//!   forwarded. `tools/list` results are filtered to the tools the agent may ever call. Other
+//!   MCP methods, notifications and responses pass through; methods the gateway does not know
+//!   are refused (`-32601`) and never forwarded. Batches are refused (removed in 2025-06-18).
+//! * `GET` opens the server-initiated SSE stream, `DELETE` ends a session; both stream through.
+//! * The caller authenticates with `Authorization: Bearer <API key>` (an `agent` key); that
+//!   header never reaches the upstream, which gets its own configured credential instead.
+//! * `Mcp-Session-Id`s the upstream issues are bound to the agent that initialized them: another
+//!   agent presenting one is refused (403), an id the gateway never saw is unknown (404).
+//! * Every refusal is written to the audit trail; every decision is audited by the decider.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use overseer_policy::{
+    audit::{AuditInput, AuditResult},
+    limits,
+    request::{DecisionRequest, Outcome, Principal, PrincipalKind, Usage},
+};
+use serde_json::{Map, Value, json};
+
+use super::{
+    config::Upstream,
+    decider::{Decider, Verdict, audit_input, refusal_event},
+    jsonrpc::{self, Message},
+};
+use crate::decision::auth::{Authenticator, Role};
+
+/// The session header.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The protocol version header.
+pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// Default largest POST body accepted (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest upstream response buffered to filter `tools/list` or read usage (8 MiB).
+const MAX_BUFFERED_RESPONSE: usize = 8 * 1024 * 1024;
+/// Most sessions remembered; the oldest binding is forgotten past this (its agent re-initializes).
+const MAX_SESSIONS: usize = 100_000;
+
+/// Request headers passed on to the upstream (everything else, `Authorization` first of all,
+/// stays at the gateway).
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    SESSION_HEADER,
+    PROTOCOL_HEADER,
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+];
+
+/// Response headers never passed back (hop-by-hop).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The gateway's state.
+#[derive(Debug)]
+pub struct Gateway {
+    decider: Arc<dyn Decider>,
+    auth: Authenticator,
+    upstreams: HashMap<String, Upstream>,
+    namespace: Option<String>,
+    max_body: usize,
+    sessions: Mutex<Sessions>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    owners: HashMap<(String, String), Arc<str>>,
+    order: VecDeque<(String, String)>,
+}
+
+impl Gateway {
+    /// A gateway deciding with `decider`, authenticating agents with `auth` (API keys of role
+    /// `agent`), proxying to `upstreams`; agents get principal namespace `namespace`.
+    pub fn new(
+        decider: Arc<dyn Decider>,
+        auth: Authenticator,
+        upstreams: HashMap<String, Upstream>,
+        namespace: Option<String>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            decider,
+            auth,
+            upstreams,
+            namespace,
+            max_body: DEFAULT_MAX_BODY_BYTES,
+            sessions: Mutex::new(Sessions::default()),
+            client,
+        }
+    }
+
+    /// Accept POST bodies up to `bytes`.
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    fn bind_session(&self, upstream: &str, session: &str, principal: &str) {
+        let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (upstream.to_owned(), session.to_owned());
+        if s.owners.contains_key(&key) {
+            return;
+        }
+        if s.order.len() >= MAX_SESSIONS
+            && let Some(old) = s.order.pop_front()
+        {
+            s.owners.remove(&old);
+        }
+        s.owners.insert(key.clone(), principal.into());
+        s.order.push_back(key);
+    }
+
+    fn session_owner(&self, upstream: &str, session: &str) -> Option<Arc<str>> {
+        let s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        s.owners
+            .get(&(upstream.to_owned(), session.to_owned()))
+            .cloned()
+    }
+
+    fn forget_session(&self, upstream: &str, session: &str) {
+        let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (upstream.to_owned(), session.to_owned());
+        if s.owners.remove(&key).is_some() {
+            s.order.retain(|k| k != &key);
+        }
+    }
+}
+
+/// The gateway's routes: `/mcp/{upstream}` and `/healthz`.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/mcp/{upstream}", any(handle))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            rpc_error(
+                StatusCode::NOT_FOUND,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "no such endpoint; MCP servers are at /mcp/{name}",
+                None,
+            )
+        })
+        .with_state(gateway)
+}
+
+fn rpc_error(
+    status: StatusCode,
+    id: &Value,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
+    let body = jsonrpc::error_response(id, code, message, data).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The context of one request, for audit records and refusals.
+struct Call<'a> {
+    gateway: &'a Gateway,
+    upstream: &'a Upstream,
+    principal: Option<&'a str>,
+    session: Option<String>,
+}
+
+impl Call<'_> {
+    fn input(&self, tool: Option<&str>) -> AuditInput {
+        AuditInput {
+            principal: self.principal.map(str::to_owned),
+            tool: tool.map(str::to_owned),
+            server: Some(self.upstream.name.clone()),
+            session: self.session.clone(),
+            ..AuditInput::default()
+        }
+    }
+
+    /// Audit a refusal and answer it (503 when the audit trail cannot take the record).
+    async fn refuse(
+        &self,
+        status: StatusCode,
+        id: &Value,
+        code: i64,
+        result: AuditResult,
+        reason: &str,
+        tool: Option<&str>,
+    ) -> Response {
+        let event = refusal_event(self.input(tool), result, format!("{status}: {reason}"));
+        match self.gateway.decider.record(event).await {
+            Ok(()) => rpc_error(status, id, code, reason, None),
+            Err(e) => audit_failed(id, &e),
+        }
+    }
+}
+
+fn audit_failed(id: &Value, error: &str) -> Response {
+    tracing::error!(%error, "audit log refused a gateway record; failing closed");
+    rpc_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id,
+        jsonrpc::DENIED,
+        &format!("the audit log cannot record this request ({error}); it was not forwarded"),
+        None,
+    )
+}
+
+async fn handle(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(upstream) = gateway.upstreams.get(&name) else {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            &Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &format!("no upstream MCP server named {name:?} is configured"),
+            None,
+        );
+    };
+    let session = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut call = Call {
+        gateway: &gateway,
+        upstream,
+        principal: None,
+        session: session.clone(),
+    };
+
+    // Authenticate the agent.
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match gateway.auth.authenticate(authorization) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut response = call
+                .refuse(
+                    StatusCode::UNAUTHORIZED,
+                    &Value::Null,
+                    jsonrpc::UNAUTHORIZED,
+                    AuditResult::Deny,
+                    &format!("unauthenticated: {e}"),
+                    None,
+                )
+                .await;
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
+    let agent = match (caller.role, caller.agent.as_deref()) {
+        (Role::Agent, Some(agent)) => agent.to_owned(),
+        _ => {
+            return call
+                .refuse(
+                    StatusCode::FORBIDDEN,
+                    &Value::Null,
+                    jsonrpc::UNAUTHORIZED,
+                    AuditResult::Deny,
+                    &format!(
+                        "{} is not an agent key; the gateway only admits agents (role: agent)",
+                        caller.name
+                    ),
+                    None,
+                )
+                .await;
+        }
+    };
+    call.principal = Some(&agent);
+    if !upstream.admits(&agent) {
+        return call
+            .refuse(
+                StatusCode::FORBIDDEN,
+                &Value::Null,
+                jsonrpc::UNAUTHORIZED,
+                AuditResult::Deny,
+                &format!(
+                    "agent {agent:?} may not reach MCP server {:?}",
+                    upstream.name
+                ),
+                None,
+            )
+            .await;
+    }
+
+    // A session belongs to the agent that initialized it.
+    if let Some(sid) = &session {
+        match gateway.session_owner(&upstream.name, sid) {
+            Some(owner) if *owner == *agent => {}
+            Some(_) => {
+                return call
+                    .refuse(
+                        StatusCode::FORBIDDEN,
+                        &Value::Null,
+                        jsonrpc::UNAUTHORIZED,
+                        AuditResult::Deny,
+                        "session_hijack: this Mcp-Session-Id belongs to another agent",
+                        None,
+                    )
+                    .await;
+            }
+            None => {
+                return call
+                    .refuse(
+                        StatusCode::NOT_FOUND,
+                        &Value::Null,
+                        jsonrpc::INVALID_REQUEST,
+                        AuditResult::Deny,
+                        "unknown Mcp-Session-Id; start a new session with initialize",
+                        None,
+                    )
+                    .await;
+            }
+        }
+    }
+
+    match method {
+        Method::POST => post(&call, &agent, &uri, &headers, body).await,
+        Method::GET | Method::DELETE => {
+            if method == Method::GET && session.is_none() {
+                // Without a session there is no stream to resume; the spec allows 405.
+                return StatusCode::METHOD_NOT_ALLOWED.into_response();
+            }
+            match forward(&call, method.clone(), &uri, &headers, Bytes::new()).await {
+                Ok(response) => {
+                    if method == Method::DELETE
+                        && response.status().is_success()
+                        && let Some(sid) = &session
+                    {
+                        gateway.forget_session(&upstream.name, sid);
+                    }
+                    stream_back(response)
+                }
+                Err(e) => e.into_response(&call, None).await,
+            }
+        }
+        _ => {
+            let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            r
+        }
+    }
+}
+
+fn principal(gateway: &Gateway, agent: &str) -> Principal {
+    Principal {
+        id: agent.to_owned(),
+        kind: Some(PrincipalKind::Agent),
+        namespace: gateway.namespace.clone(),
+        ..Principal::default()
+    }
+}
+
+async fn post(
+    call: &Call<'_>,
+    agent: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let gateway = call.gateway;
+    let bytes = match axum::body::to_bytes(body, gateway.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return call
+                .refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    AuditResult::Malformed,
+                    &format!("the body is larger than {} bytes", gateway.max_body),
+                    None,
+                )
+                .await;
+        }
+    };
+    let message = match jsonrpc::classify(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            return call
+                .refuse(
+                    StatusCode::BAD_REQUEST,
+                    &e.id,
+                    e.code,
+                    AuditResult::Malformed,
+                    &e.message,
+                    None,
+                )
+                .await;
+        }
+    };
+    match message {
+        Message::Response => pass(call, uri, headers, bytes, None).await,
+        Message::Notification { method } if method.starts_with("notifications/") => {
+            pass(call, uri, headers, bytes, None).await
+        }
+        Message::Notification { method } => {
+            call.refuse(
+                StatusCode::BAD_REQUEST,
+                &Value::Null,
+                jsonrpc::METHOD_NOT_FOUND,
+                AuditResult::Malformed,
+                &format!("notification {method:?} is not an MCP notification; not forwarded"),
+                None,
+            )
+            .await
+        }
+        Message::Request { id, method, .. }
+            if !jsonrpc::KNOWN_METHODS.contains(&method.as_str()) =>
+        {
+            call.refuse(
+                StatusCode::OK,
+                &id,
+                jsonrpc::METHOD_NOT_FOUND,
+                AuditResult::Malformed,
+                &format!("method {method:?} is not an MCP method the gateway lets through"),
+                None,
+            )
+            .await
+        }
+        Message::Request { id, method, .. } if method == "initialize" => {
+            if call.session.is_some() {
+                return call
+                    .refuse(
+                        StatusCode::BAD_REQUEST,
+                        &id,
+                        jsonrpc::INVALID_REQUEST,
+                        AuditResult::Malformed,
+                        "initialize must not carry an Mcp-Session-Id",
+                        None,
+                    )
+                    .await;
+            }
+            match forward(call, Method::POST, uri, headers, bytes).await {
+                Ok(response) => {
+                    if response.status().is_success()
+                        && let Some(sid) = response
+                            .headers()
+                            .get(SESSION_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                    {
+                        gateway.bind_session(&call.upstream.name, sid, agent);
+                    }
+                    stream_back(response)
+                }
+                Err(e) => e.into_response(call, Some(&id)).await,
+            }
+        }
+        Message::Request { id, method, .. } if method == "tools/list" => {
+            list_tools(call, agent, uri, headers, bytes, id).await
+        }
+        Message::Request { id, method, params } if method == "tools/call" => {
+            call_tool(call, agent, uri, headers, bytes, id, params).await
+        }
+        Message::Request { .. } => pass(call, uri, headers, bytes, None).await,
+    }
+}
+
+async fn pass(
+    call: &Call<'_>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    id: Option<&Value>,
+) -> Response {
+    match forward(call, Method::POST, uri, headers, bytes).await {
+        Ok(response) => stream_back(response),
+        Err(e) => e.into_response(call, id).await,
+    }
+}
+
+fn trace_id(headers: &HeaderMap) -> Option<String> {
+    // traceparent: version-traceid-parentid-flags
+    let tp = headers.get("traceparent")?.to_str().ok()?;
+    let id = tp.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_tool(
+    call: &Call<'_>,
+    agent: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    id: Value,
+    params: Map<String, Value>,
+) -> Response {
+    let gateway = call.gateway;
+    let Some(tool) = params.get("name").and_then(Value::as_str) else {
+        return call
+            .refuse(
+                StatusCode::OK,
+                &id,
+                jsonrpc::INVALID_PARAMS,
+                AuditResult::Malformed,
+                "tools/call needs params.name (a string)",
+                None,
+            )
+            .await;
+    };
+    let arguments = match params.get("arguments") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(a)) => a.clone(),
+        Some(_) => {
+            return call
+                .refuse(
+                    StatusCode::OK,
+                    &id,
+                    jsonrpc::INVALID_PARAMS,
+                    AuditResult::Malformed,
+                    "tools/call params.arguments must be an object",
+                    Some(tool),
+                )
+                .await;
+        }
+    };
+    let usage_estimate = jsonrpc::usage_in(&params).map(|(tokens, cost)| Usage {
+        tokens: tokens.unwrap_or(0),
+        cost_micro_usd: cost.unwrap_or(0),
+    });
+    let request = DecisionRequest {
+        principal: principal(gateway, agent),
+        tool: tool.to_owned(),
+        server: Some(call.upstream.name.clone()),
+        arguments,
+        session_id: call.session.clone(),
+        usage_estimate,
+        trace_id: trace_id(headers),
+        ..DecisionRequest::default()
+    };
+    let verdict = gateway.decider.decide(&request).await;
+    if !verdict.is_allowed() {
+        return refusal(&id, &verdict);
+    }
+    let decision_id = verdict.decision_id();
+    let response = match forward(call, Method::POST, uri, headers, bytes).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut input = audit_input(&request);
+            input.session = call.session.clone();
+            return e.into_response_for(call, Some(&id), input).await;
+        }
+    };
+    let Some(decision_id) = decision_id else {
+        return stream_back(response);
+    };
+    // Read the actual usage from the result's `_meta` as it streams by, and commit it.
+    let decider = Arc::clone(&gateway.decider);
+    let sse = is_sse(response.headers());
+    let (parts, incoming) = response.into_parts();
+    let tap = Tap {
+        inner: incoming,
+        buf: Vec::new(),
+        overflow: false,
+        on_end: Some(Box::new(move |body: Vec<u8>| {
+            let usage = jsonrpc::messages_in(&body, sse)
+                .into_iter()
+                .find(|m| m.get("id") == Some(&id))
+                .and_then(|m| {
+                    m.get("result")
+                        .and_then(Value::as_object)
+                        .and_then(jsonrpc::usage_in)
+                });
+            if let Some((tokens, cost_micro_usd)) = usage {
+                tokio::spawn(async move {
+                    let usage = limits::Usage {
+                        tokens,
+                        cost_micro_usd,
+                    };
+                    if let Err(e) = decider.commit_usage(decision_id, usage).await {
+                        tracing::debug!(%decision_id, error = %e, "usage not committed");
+                    }
+                });
+            }
+        })),
+    };
+    let mut response = Response::from_parts(parts, Body::new(tap));
+    strip_hop_by_hop(response.headers_mut());
+    response
+}
+
+fn refusal(id: &Value, verdict: &Verdict) -> Response {
+    let reasons = verdict.reasons();
+    let text: Vec<String> = reasons
+        .iter()
+        .map(|(code, message)| format!("{code}: {message}"))
+        .collect();
+    let mut data = json!({
+        "decision": verdict.outcome().as_str(),
+        "reasons": reasons
+            .iter()
+            .map(|(code, message)| json!({"code": code, "message": message}))
+            .collect::<Vec<_>>(),
+    });
+    if let Some(d) = verdict.decision_id() {
+        data["decisionId"] = json!(d.to_string());
+    }
+    let (code, message) = match (verdict.outcome(), verdict.approval()) {
+        (Outcome::RequireApproval, Some(approval)) => {
+            data["approvalId"] = json!(approval.id);
+            data["expiresAt"] = json!(approval.expires_at.to_rfc3339());
+            (
+                jsonrpc::APPROVAL_REQUIRED,
+                format!(
+                    "approval required: approval {} must be granted before this exact call is retried (expires {}); {}",
+                    approval.id,
+                    approval.expires_at.to_rfc3339(),
+                    text.join("; ")
+                ),
+            )
+        }
+        _ => (jsonrpc::DENIED, format!("denied: {}", text.join("; "))),
+    };
+    rpc_error(StatusCode::OK, id, code, &message, Some(data))
+}
+
+async fn list_tools(
+    call: &Call<'_>,
+    agent: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    id: Value,
+) -> Response {
+    let gateway = call.gateway;
+    let response = match forward(call, Method::POST, uri, headers, bytes).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(call, Some(&id)).await,
+    };
+    let principal = principal(gateway, agent);
+    let server = call.upstream.name.as_str();
+    // A decider without a view of the policies (`None`) leaves the list as it is.
+    if !response.status().is_success()
+        || gateway
+            .decider
+            .may_allow(&principal, Some(server), "")
+            .is_none()
+    {
+        return stream_back(response);
+    }
+    let sse = is_sse(response.headers());
+    let (mut parts, incoming) = response.into_parts();
+    let body = match http_body_util::Limited::new(incoming, MAX_BUFFERED_RESPONSE)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return UpstreamError::Failed(format!("cannot read the tools/list answer: {e}"))
+                .into_response(call, Some(&id))
+                .await;
+        }
+    };
+    let filtered = jsonrpc::rewrite_response(&body, sse, &id, |message| {
+        if let Some(tools) = message
+            .get_mut("result")
+            .and_then(|r| r.get_mut("tools"))
+            .and_then(Value::as_array_mut)
+        {
+            tools.retain(|t| {
+                t.get("name").and_then(Value::as_str).is_some_and(|name| {
+                    gateway
+                        .decider
+                        .may_allow(&principal, Some(server), name)
+                        .unwrap_or(true)
+                })
+            });
+        }
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    match filtered {
+        Some(out) => Response::from_parts(parts, Body::from(out)),
+        None => Response::from_parts(parts, Body::from(body)),
+    }
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// Why the upstream gave no response.
+#[derive(Debug)]
+enum UpstreamError {
+    /// No response headers within the upstream's timeout.
+    Timeout,
+    /// Could not connect, or the exchange failed.
+    Failed(String),
+}
+
+impl UpstreamError {
+    async fn into_response(self, call: &Call<'_>, id: Option<&Value>) -> Response {
+        let input = call.input(None);
+        self.into_response_for(call, id, input).await
+    }
+
+    async fn into_response_for(
+        self,
+        call: &Call<'_>,
+        id: Option<&Value>,
+        input: AuditInput,
+    ) -> Response {
+        let (status, reason) = match self {
+            Self::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "upstream_timeout: MCP server {:?} did not answer within {:?}",
+                    call.upstream.name, call.upstream.timeout
+                ),
+            ),
+            Self::Failed(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("upstream_error: MCP server {:?}: {e}", call.upstream.name),
+            ),
+        };
+        tracing::warn!(upstream = %call.upstream.name, %reason, "upstream failed");
+        let id = id.cloned().unwrap_or(Value::Null);
+        // Recorded as a deny: the call did not run through the gateway.
+        let event = refusal_event(input, AuditResult::Deny, format!("{status}: {reason}"));
+        match call.gateway.decider.record(event).await {
+            Ok(()) => rpc_error(status, &id, jsonrpc::UPSTREAM_ERROR, &reason, None),
+            Err(e) => audit_failed(&id, &e),
+        }
+    }
+}
+
+async fn forward(
+    call: &Call<'_>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<hyper::Response<Incoming>, UpstreamError> {
+    let upstream = call.upstream;
+    let target = match (uri.query(), upstream.uri.query()) {
+        (Some(q), None) => format!("{}?{q}", upstream.uri),
+        _ => upstream.uri.to_string(),
+    };
+    let mut builder = hyper::Request::builder().method(method).uri(target);
+    if let Some(h) = builder.headers_mut() {
+        for name in FORWARDED_REQUEST_HEADERS {
+            for value in headers.get_all(*name) {
+                h.append(HeaderName::from_static(name), value.clone());
+            }
+        }
+        if let Some((name, value)) = &upstream.credential {
+            h.insert(name.clone(), value.clone());
+        }
+    }
+    let request = builder
+        .body(Full::new(body))
+        .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+    match tokio::time::timeout(upstream.timeout, call.gateway.client.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(UpstreamError::Failed(format!("cannot reach it: {e}"))),
+        Err(_) => Err(UpstreamError::Timeout),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+fn stream_back(response: hyper::Response<Incoming>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+type OnEnd = Box<dyn FnOnce(Vec<u8>) + Send>;
+
+/// Passes an upstream body through unchanged while keeping a bounded copy, handed to `on_end`
+/// when the body ends (not when it overflowed the bound).
+struct Tap {
+    inner: Incoming,
+    buf: Vec<u8>,
+    overflow: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl Tap {
+    fn finish(&mut self) {
+        if let Some(f) = self.on_end.take()
+            && !self.overflow
+        {
+            f(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+impl hyper::body::Body for Tap {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if this.buf.len() + data.len() <= MAX_BUFFERED_RESPONSE {
+                        this.buf.extend_from_slice(data);
+                    } else {
+                        this.overflow = true;
+                    }
+                }
+                // The server may stop polling once the body says it ended.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

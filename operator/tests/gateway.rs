@@ -1,0 +1,798 @@
+//! The MCP gateway in-process: a real fake MCP server on 127.0.0.1 behind the gateway's router,
+//! driven with `oneshot`. Allow, deny, approval, tools/list filtering, session binding,
+//! fail-closed decisions, upstream failures and bad input — each audited.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes, to_bytes},
+    extract::State,
+    http::{HeaderMap, Method, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use chrono::Utc;
+use clap::Parser as _;
+use operator::{
+    decision::{auth::Authenticator, catalog::PolicyCatalog, files::parse_policies},
+    gateway::{
+        config::GatewayConfig,
+        decider::{Decider, LocalDecider, RemoteDecider, UNAVAILABLE},
+        jsonrpc,
+        proxy::{Gateway, router},
+    },
+};
+use overseer_policy::{
+    approvals::Verdict as Review,
+    audit::{AuditConfig, AuditLog, FileSinkConfig},
+    engine::Engine,
+    limits::{BudgetMetric, CounterKey, Subject},
+};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+/// `overseer serve`'s flags, parsed as the command line would.
+#[derive(clap::Parser)]
+struct ServeWrapper {
+    #[command(flatten)]
+    serve: operator::decision::standalone::ServeArgs,
+}
+
+const POLICIES: &str = r#"
+apiVersion: agents.overseer.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: bots, namespace: default}
+spec:
+  mode: Enforce
+  subjects:
+    agentIds: ["bot-*"]
+  tools:
+    - {name: reads, tools: ["echo", "slow"], effect: Allow, reason: "bots may echo"}
+    - {name: refunds, tools: ["refund"], effect: RequireApproval, reason: "refunds need a human"}
+    - {name: no-deletes, tools: ["delete_*"], effect: Deny, reason: "bots never delete"}
+  budgets:
+    - {name: tokens, metric: Tokens, key: Agent, limit: 1000, window: 1h, onExceed: Deny}
+  approval:
+    users: ["alice"]
+    timeout: 30m
+"#;
+
+const KEYS: &str = r#"
+keys:
+  - {name: bot-a, role: agent, agent: bot-a, key: "bot-a-key-0123456789"}
+  - {name: bot-b, role: agent, agent: bot-b, key: "bot-b-key-0123456789"}
+  - {name: edge, role: gateway, key: "gateway-key-0123456789"}
+"#;
+
+const A: &str = "bot-a-key-0123456789";
+const B: &str = "bot-b-key-0123456789";
+
+/// What the fake MCP server saw.
+#[derive(Default, Debug)]
+struct Seen {
+    bodies: Vec<Bytes>,
+    headers: Vec<HeaderMap>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+fn sse(value: &Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        format!("event: message\ndata: {value}\n\n"),
+    )
+        .into_response()
+}
+
+async fn fake_mcp(
+    State(seen): State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Ok(mut s) = seen.lock() {
+        s.bodies.push(body.clone());
+        s.headers.push(headers.clone());
+    }
+    match method {
+        Method::GET => {
+            return sse(
+                &json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hello"}}),
+            );
+        }
+        Method::DELETE => return StatusCode::OK.into_response(),
+        _ => {}
+    }
+    let msg: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    match msg.get("method").and_then(Value::as_str) {
+        Some("initialize") => {
+            let n = seen.lock().map(|s| s.bodies.len()).unwrap_or(0);
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json".to_owned()),
+                    (header::HeaderName::from_static("mcp-session-id"), format!("sess-{n}")),
+                ],
+                json!({"jsonrpc":"2.0","id":id,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"fake","version":"1"}}}).to_string(),
+            )
+                .into_response()
+        }
+        Some("tools/list") => sse(&json!({"jsonrpc":"2.0","id":id,"result":{"tools":[
+            {"name":"echo","inputSchema":{"type":"object"}},
+            {"name":"refund","inputSchema":{"type":"object"}},
+            {"name":"delete_all","inputSchema":{"type":"object"}},
+            {"name":"shell","inputSchema":{"type":"object"}}
+        ]}})),
+        Some("tools/call") => {
+            if msg.pointer("/params/name") == Some(&json!("slow")) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let text = msg
+                .pointer("/params/arguments/text")
+                .cloned()
+                .unwrap_or(Value::Null);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                json!({"jsonrpc":"2.0","id":id,"result":{
+                    "content":[{"type":"text","text":text}],
+                    "_meta":{"overseer.dev/usage":{"tokens":40}}
+                }})
+                .to_string(),
+            )
+                .into_response()
+        }
+        Some(_) if id.is_null() => StatusCode::ACCEPTED.into_response(),
+        Some(_) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"jsonrpc":"2.0","id":id,"result":{}}).to_string(),
+        )
+            .into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+async fn spawn(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+struct Fixture {
+    app: Router,
+    seen: Shared,
+    engine: Arc<Engine>,
+    audit: Arc<AuditLog>,
+    audit_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn engine() -> Arc<Engine> {
+    let mut catalog = PolicyCatalog::new();
+    for source in parse_policies(POLICIES).expect("policies parse") {
+        catalog.upsert(source);
+    }
+    let rebuild = catalog.rebuild();
+    assert!(
+        rebuild.reports.iter().all(|r| r.is_ok()),
+        "{:?}",
+        rebuild.reports
+    );
+    Arc::new(Engine::new(rebuild.compilation.compiled))
+}
+
+async fn fixture_with(
+    decider: impl FnOnce(Arc<Engine>, Arc<AuditLog>) -> Arc<dyn Decider>,
+) -> Fixture {
+    let seen: Shared = Arc::default();
+    let upstream = spawn(
+        Router::new()
+            .route("/mcp", post(fake_mcp).get(fake_mcp).delete(fake_mcp))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_path = dir.path().join("audit.jsonl");
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file: Some(FileSinkConfig::new(&audit_path)),
+            ..AuditConfig::default()
+        })
+        .expect("audit"),
+    );
+    let engine = engine();
+    let config = GatewayConfig::from_yaml(&format!(
+        r#"
+agentNamespace: default
+upstreams:
+  - name: fake
+    url: http://{upstream}/mcp
+    agents: ["bot-*"]
+    timeoutSeconds: 1
+    credential: {{prefix: "Bearer ", fromEnv: FAKE_TOKEN}}
+"#
+    ))
+    .expect("config");
+    let upstreams = config
+        .resolve(|v| (v == "FAKE_TOKEN").then(|| "upstream-secret".to_owned()))
+        .expect("resolve");
+    let gateway = Gateway::new(
+        decider(engine.clone(), audit.clone()),
+        Authenticator::from_yaml(KEYS).expect("keys"),
+        upstreams,
+        config.agent_namespace.clone(),
+    )
+    .with_max_body(128 * 1024);
+    Fixture {
+        app: router(Arc::new(gateway)),
+        seen,
+        engine,
+        audit,
+        audit_path,
+        _dir: dir,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(|e, a| Arc::new(LocalDecider::new(e, a))).await
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    /// The JSON-RPC message in the body (JSON or the first SSE event carrying one).
+    fn json(&self) -> Value {
+        let sse = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        jsonrpc::messages_in(self.text.as_bytes(), sse)
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null)
+    }
+}
+
+async fn send(
+    f: &Fixture,
+    method: Method,
+    key: Option<&str>,
+    session: Option<&str>,
+    body: impl Into<Body>,
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri("/mcp/fake")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(k) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    if let Some(s) = session {
+        request = request.header("mcp-session-id", s);
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.app
+            .clone()
+            .oneshot(request.body(body.into()).expect("request")),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    Answer {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn rpc(f: &Fixture, key: &str, session: Option<&str>, message: Value) -> Answer {
+    send(f, Method::POST, Some(key), session, message.to_string()).await
+}
+
+async fn initialize(f: &Fixture, key: &str) -> String {
+    let a = rpc(f, key, None, json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    a.headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("session id")
+        .to_owned()
+}
+
+fn call(id: i64, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+}
+
+fn tool_calls_seen(f: &Fixture) -> Vec<Value> {
+    f.seen
+        .lock()
+        .map(|s| {
+            s.bodies
+                .iter()
+                .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+                .filter(|v| v["method"] == "tools/call")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn audit_records(f: &Fixture) -> Vec<Value> {
+    f.audit.flush().expect("flush");
+    std::fs::read_to_string(&f.audit_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn allowed_call_forwards_the_exact_bytes_with_the_upstream_credential() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    // Odd spacing and key order: the bytes decided are the bytes forwarded.
+    let raw = r#"{ "jsonrpc":"2.0", "method":"tools/call","id":7,"params":{"arguments":{"text":"hi"},"name":"echo","_meta":{"overseer.dev/usage":{"tokens":50}}} }"#;
+    let a = send(&f, Method::POST, Some(A), Some(&sid), raw).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["result"]["content"][0]["text"], "hi");
+    let seen = f
+        .seen
+        .lock()
+        .map(|s| (s.bodies.last().cloned(), s.headers.last().cloned()))
+        .expect("seen");
+    assert_eq!(seen.0.as_deref(), Some(raw.as_bytes()));
+    let headers = seen.1.expect("headers");
+    assert_eq!(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer upstream-secret")
+    );
+    assert_eq!(
+        headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("2025-06-18")
+    );
+    assert_eq!(
+        headers.get("mcp-session-id").and_then(|v| v.to_str().ok()),
+        Some(sid.as_str())
+    );
+    let records = audit_records(&f);
+    let allow = records
+        .iter()
+        .find(|r| r["result"] == "allow")
+        .expect("allow audited");
+    assert_eq!(allow["input"]["tool"], "echo");
+    assert_eq!(allow["input"]["server"], "fake");
+    assert_eq!(allow["input"]["principal"], "bot-a");
+    // The usage the server reported (40 tokens, estimate 50) was committed: the budget shows 40.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let key = CounterKey::budget(
+        "default/bots".into(),
+        "tokens".into(),
+        BudgetMetric::Tokens,
+        Subject::Agent("bot-a".into()),
+    );
+    assert_eq!(f.engine.limits().usage(&key, Utc::now()), 40);
+}
+
+#[tokio::test]
+async fn denied_call_is_a_jsonrpc_error_with_the_reason_and_never_forwarded() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let a = rpc(&f, A, Some(&sid), call(3, "delete_all", json!({}))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v = a.json();
+    assert_eq!(v["id"], 3);
+    assert_eq!(v["error"]["code"], jsonrpc::DENIED);
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("bots never delete"), "{message}");
+    assert!(message.contains("default/bots#no-deletes"), "{message}");
+    assert_eq!(v["error"]["data"]["decision"], "deny");
+    assert!(
+        tool_calls_seen(&f).is_empty(),
+        "a denied call reached the upstream"
+    );
+    // A tool no rule allows: default deny.
+    let v = rpc(&f, A, Some(&sid), call(4, "shell", json!({"cmd":"id"})))
+        .await
+        .json();
+    assert_eq!(v["error"]["data"]["reasons"][0]["code"], "default_deny");
+    assert!(tool_calls_seen(&f).is_empty());
+    let records = audit_records(&f);
+    assert_eq!(records.iter().filter(|r| r["result"] == "deny").count(), 2);
+}
+
+#[tokio::test]
+async fn approval_required_then_the_same_call_succeeds_once_approved() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let args = json!({"order":"o-1","amount":30});
+    let v = rpc(&f, A, Some(&sid), call(5, "refund", args.clone()))
+        .await
+        .json();
+    assert_eq!(v["error"]["code"], jsonrpc::APPROVAL_REQUIRED, "{v}");
+    let approval = v["error"]["data"]["approvalId"]
+        .as_str()
+        .expect("approval id")
+        .to_owned();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&approval)
+    );
+    assert!(tool_calls_seen(&f).is_empty());
+    // Asking again before approval gives the same pending approval.
+    let again = rpc(&f, A, Some(&sid), call(6, "refund", args.clone()))
+        .await
+        .json();
+    assert_eq!(again["error"]["data"]["approvalId"], approval.as_str());
+    f.engine
+        .review(&approval, "alice", &[], Review::Approve, Utc::now())
+        .expect("alice approves");
+    // Different arguments are a different call: still needs approval.
+    let other = rpc(
+        &f,
+        A,
+        Some(&sid),
+        call(7, "refund", json!({"order":"o-2","amount":30})),
+    )
+    .await
+    .json();
+    assert_eq!(other["error"]["code"], jsonrpc::APPROVAL_REQUIRED);
+    let ok = rpc(&f, A, Some(&sid), call(8, "refund", args.clone()))
+        .await
+        .json();
+    assert!(ok.get("result").is_some(), "{ok}");
+    assert_eq!(tool_calls_seen(&f).len(), 1);
+    // Single use.
+    let used = rpc(&f, A, Some(&sid), call(9, "refund", args)).await.json();
+    assert_eq!(used["error"]["code"], jsonrpc::APPROVAL_REQUIRED);
+}
+
+#[tokio::test]
+async fn tools_list_is_filtered_to_tools_the_agent_may_ever_call() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let a = rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    );
+    let names: Vec<String> = a.json()["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["echo", "refund"]);
+}
+
+#[tokio::test]
+async fn a_session_of_another_agent_is_refused() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let a = rpc(&f, B, Some(&sid), call(1, "echo", json!({"text":"x"}))).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("session_hijack")
+    );
+    let g = send(&f, Method::GET, Some(B), Some(&sid), Body::empty()).await;
+    assert_eq!(g.status, StatusCode::FORBIDDEN);
+    let d = send(&f, Method::DELETE, Some(B), Some(&sid), Body::empty()).await;
+    assert_eq!(d.status, StatusCode::FORBIDDEN);
+    // Unknown ids are not guessed into.
+    let u = rpc(&f, A, Some("sess-999"), call(1, "echo", json!({}))).await;
+    assert_eq!(u.status, StatusCode::NOT_FOUND);
+    assert!(tool_calls_seen(&f).is_empty());
+    // The owner keeps using it; GET streams, DELETE ends it.
+    let g = send(&f, Method::GET, Some(A), Some(&sid), Body::empty()).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.json()["method"], "notifications/message");
+    let d = send(&f, Method::DELETE, Some(A), Some(&sid), Body::empty()).await;
+    assert_eq!(d.status, StatusCode::OK);
+    let after = rpc(&f, A, Some(&sid), call(1, "echo", json!({}))).await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND);
+    let records = audit_records(&f);
+    assert!(records.iter().any(|r| {
+        r["reasons"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("session_hijack")
+    }));
+}
+
+#[tokio::test]
+async fn unauthenticated_and_non_agent_callers_are_refused() {
+    let f = fixture().await;
+    let a = send(
+        &f,
+        Method::POST,
+        None,
+        None,
+        call(1, "echo", json!({})).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        a.headers
+            .get(header::WWW_AUTHENTICATE)
+            .map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let a = rpc(&f, "wrong-key-0123456789", None, call(1, "echo", json!({}))).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = rpc(
+        &f,
+        "gateway-key-0123456789",
+        None,
+        call(1, "echo", json!({})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(tool_calls_seen(&f).is_empty());
+    assert_eq!(audit_records(&f).len(), 3);
+}
+
+#[tokio::test]
+async fn fail_closed_when_the_decision_service_is_unreachable() {
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let f = fixture_with(|_, audit| {
+        Arc::new(
+            RemoteDecider::new(
+                &format!("http://{closed}"),
+                Some("gateway-key-0123456789"),
+                Duration::from_millis(200),
+            )
+            .expect("remote")
+            .with_audit(audit),
+        )
+    })
+    .await;
+    let sid = initialize(&f, A).await;
+    let v = rpc(&f, A, Some(&sid), call(1, "echo", json!({"text":"x"})))
+        .await
+        .json();
+    assert_eq!(v["error"]["code"], jsonrpc::DENIED);
+    assert_eq!(v["error"]["data"]["reasons"][0]["code"], UNAVAILABLE);
+    assert!(tool_calls_seen(&f).is_empty());
+    // Without a policy view the list passes unfiltered (every call is still decided).
+    let list = rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+    )
+    .await
+    .json();
+    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(4));
+}
+
+#[tokio::test]
+async fn fail_closed_when_the_decision_service_is_slow_or_failing() {
+    let slow = spawn(Router::new().route(
+        "/v1/decisions",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "{}"
+        }),
+    ))
+    .await;
+    let failing = spawn(Router::new().route(
+        "/v1/decisions",
+        post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+    ))
+    .await;
+    for addr in [slow, failing] {
+        let remote =
+            RemoteDecider::new(&format!("http://{addr}/"), None, Duration::from_millis(100))
+                .expect("remote");
+        let request = overseer_policy::request::DecisionRequest {
+            principal: overseer_policy::request::Principal {
+                id: "bot-a".into(),
+                ..Default::default()
+            },
+            tool: "echo".into(),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let verdict = remote.decide(&request).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(!verdict.is_allowed());
+        assert_eq!(verdict.reasons()[0].0, UNAVAILABLE, "{verdict:?}");
+    }
+}
+
+#[tokio::test]
+async fn remote_decider_gets_real_decisions_from_the_decision_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    std::fs::write(policies.join("bots.yaml"), POLICIES).expect("write");
+    std::fs::write(dir.path().join("keys.yaml"), KEYS).expect("write");
+    let args = ServeWrapper::try_parse_from([
+        "serve".as_ref(),
+        "--policies".as_ref(),
+        policies.as_os_str(),
+        "--api-keys".as_ref(),
+        dir.path().join("keys.yaml").as_os_str(),
+        "--audit-file".as_ref(),
+        dir.path().join("audit.jsonl").as_os_str(),
+        "--state-file".as_ref(),
+        dir.path().join("limits.json").as_os_str(),
+    ] as [&std::ffi::OsStr; 9])
+    .expect("serve flags")
+    .serve;
+    let (service, _catalog, _dir, _persister) = operator::decision::standalone::build(
+        &args,
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .expect("decision service");
+    let addr = spawn(operator::decision::router(service)).await;
+    let f = fixture_with(|e, audit| {
+        Arc::new(
+            RemoteDecider::new(
+                &format!("http://{addr}"),
+                Some("gateway-key-0123456789"),
+                Duration::from_secs(2),
+            )
+            .expect("remote")
+            .with_policies(e)
+            .with_audit(audit),
+        )
+    })
+    .await;
+    let sid = initialize(&f, A).await;
+    let ok = rpc(&f, A, Some(&sid), call(1, "echo", json!({"text":"remote"})))
+        .await
+        .json();
+    assert_eq!(ok["result"]["content"][0]["text"], "remote", "{ok}");
+    let no = rpc(&f, A, Some(&sid), call(2, "delete_all", json!({})))
+        .await
+        .json();
+    assert!(
+        no["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bots never delete")
+    );
+    let list = rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}),
+    )
+    .await
+    .json();
+    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn upstream_timeouts_are_answered_and_audited() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let a = rpc(&f, A, Some(&sid), call(1, "slow", json!({}))).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.json()["error"]["code"], jsonrpc::UPSTREAM_ERROR);
+    assert_eq!(a.json()["id"], 1);
+    let records = audit_records(&f);
+    assert!(records.iter().any(|r| {
+        r["reasons"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("upstream_timeout")
+    }));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_audited_and_never_forwarded() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let before = f.seen.lock().map(|s| s.bodies.len()).unwrap_or(0);
+    let cases: Vec<(String, StatusCode, i64)> = vec![
+        ("{not json".into(), StatusCode::BAD_REQUEST, jsonrpc::PARSE_ERROR),
+        (json!([call(1, "echo", json!({}))]).to_string(), StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST),
+        (json!({"jsonrpc":"2.0","id":1}).to_string(), StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST),
+        (json!({"jsonrpc":"2.0","id":1,"method":"tools/execute","params":{"name":"echo"}}).to_string(), StatusCode::OK, jsonrpc::METHOD_NOT_FOUND),
+        (json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}).to_string(), StatusCode::OK, jsonrpc::INVALID_PARAMS),
+        (json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":[1]}}).to_string(), StatusCode::OK, jsonrpc::INVALID_PARAMS),
+        (json!({"jsonrpc":"2.0","method":"tools/call"}).to_string(), StatusCode::BAD_REQUEST, jsonrpc::METHOD_NOT_FOUND),
+        (format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"t\":\"{}\"}}}}}}", "x".repeat(130 * 1024)), StatusCode::PAYLOAD_TOO_LARGE, jsonrpc::INVALID_REQUEST),
+    ];
+    for (body, status, code) in &cases {
+        let a = send(&f, Method::POST, Some(A), Some(&sid), body.clone()).await;
+        assert_eq!(
+            a.status,
+            *status,
+            "{}: {}",
+            &body[..body.len().min(80)],
+            a.text
+        );
+        assert_eq!(a.json()["error"]["code"], *code, "{}", a.text);
+    }
+    // Arguments over the policy core's limit, in a body under the gateway's: refused by the
+    // decision, never forwarded.
+    let v = rpc(
+        &f,
+        A,
+        Some(&sid),
+        call(2, "echo", json!({"text": "y".repeat(65 * 1024)})),
+    )
+    .await
+    .json();
+    assert_eq!(
+        v["error"]["data"]["reasons"][0]["code"], "arguments_too_large",
+        "{}",
+        v["error"]["message"]
+    );
+    let after = f.seen.lock().map(|s| s.bodies.len()).unwrap_or(0);
+    assert_eq!(before, after, "nothing was forwarded");
+    let refusals = audit_records(&f)
+        .iter()
+        .filter(|r| r["path"] == "overseer/gateway")
+        .count();
+    assert_eq!(refusals, cases.len());
+    // Other methods, notifications and unsupported verbs.
+    let ping = rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","id":9,"method":"ping"}),
+    )
+    .await;
+    assert_eq!(ping.json()["result"], json!({}));
+    let note = rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(note.status, StatusCode::ACCEPTED);
+    let put = send(&f, Method::PUT, Some(A), Some(&sid), "{}").await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    let unknown = Request::builder()
+        .method(Method::POST)
+        .uri("/mcp/nope")
+        .body(Body::empty())
+        .expect("req");
+    let r = f.app.clone().oneshot(unknown).await.expect("response");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
