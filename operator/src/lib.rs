@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod decision;
+pub mod fleetcluster;
 pub mod gateway;
 pub mod health;
 pub mod identity;

@@ -29,6 +29,7 @@ use crate::{
 pub fn controllers() -> ControllerSet {
     let mut set = ControllerSet::new();
     set.register(IdentityController);
+    set.register(crate::fleetcluster::controller::FleetClusterController);
     set.register(crate::runway::controller::RunwayController::default());
     set
 }
