@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod decision;
 pub mod fleetcluster;
+pub mod fleetrollout;
 pub mod gateway;
 pub mod health;
 pub mod identity;
