@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod decision;
+pub mod extauthz;
 pub mod fleetcluster;
 pub mod fleetrollout;
 pub mod gateway;
