@@ -888,3 +888,22 @@ fn the_runway_controller_gets_exactly_what_it_uses() {
     );
     bound_to_the_operator_only(binding.subjects, "overseer-manager-runway");
 }
+
+#[test]
+fn the_fleet_controllers_get_exactly_what_they_use() {
+    let objects = default_objects();
+    let fleet: ClusterRole = one(&objects, "ClusterRole", "overseer-manager-fleet");
+    // Kubeconfig Secrets are read by name only: never listed, watched or written.
+    let expected: BTreeSet<(String, String, String)> =
+        triples("", "secrets", &["get"]).into_iter().collect();
+    assert_eq!(grants(&fleet), expected);
+    let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding", "overseer-manager-fleet");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "overseer-manager-fleet")
+    );
+    bound_to_the_operator_only(binding.subjects, "overseer-manager-fleet");
+}
