@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -20,10 +21,11 @@ use kube::{
 };
 use overseer_crds::fleet::{FleetApproval, FleetCluster, FleetRollout};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::{
     delivery::Delivery,
+    kube::KubeDelivery,
     reconcile::{CONTROLLER, Fleet, World, member, reconcile_at},
 };
 use crate::{
@@ -31,20 +33,27 @@ use crate::{
     health::ReadyHandle,
 };
 
-/// The `FleetRollout` controller, for [`crate::controller::ControllerSet::register`].
-#[derive(Debug)]
-pub struct FleetRolloutController<D> {
-    delivery: D,
+/// Environment variable naming the directory Git sources are cached in.
+pub const GIT_CACHE_ENV: &str = "OVERSEER_FLEET_GIT_CACHE";
+
+/// The `FleetRollout` controller, for [`crate::controller::ControllerSet::register`]: delivers
+/// through [`KubeDelivery`], caching Git sources under `$OVERSEER_FLEET_GIT_CACHE` (default: a
+/// directory in the system's temporary directory).
+#[derive(Debug, Clone)]
+pub struct FleetRolloutController {
+    git_cache: PathBuf,
 }
 
-impl<D: Delivery> FleetRolloutController<D> {
-    /// A controller delivering through `delivery`.
-    pub fn new(delivery: D) -> Self {
-        Self { delivery }
+impl Default for FleetRolloutController {
+    fn default() -> Self {
+        let git_cache = std::env::var_os(GIT_CACHE_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("overseer-fleet-git"));
+        Self { git_cache }
     }
 }
 
-impl<D: Delivery> scaffolding::Controller for FleetRolloutController<D> {
+impl scaffolding::Controller for FleetRolloutController {
     fn name(&self) -> &'static str {
         CONTROLLER
     }
@@ -55,7 +64,16 @@ impl<D: Delivery> scaffolding::Controller for FleetRolloutController<D> {
         ready: ReadyHandle,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(run(ctx, self.delivery, ready, shutdown))
+        Box::pin(async move {
+            match KubeDelivery::new(ctx.client.clone(), self.git_cache) {
+                Ok(delivery) => run(ctx, delivery, ready, shutdown).await,
+                Err(e) => {
+                    // Stays not ready (the readiness check names this controller).
+                    error!(controller = CONTROLLER, error = %e, "cannot start the fleet rollout controller");
+                    shutdown.cancelled().await;
+                }
+            }
+        })
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::future::Future;
 
-use kube::api::DynamicObject;
-use overseer_crds::fleet::{DriftAction, FleetCluster, FleetRollout, Override};
-use serde_json::Value;
+use fleet::health::{GateEvaluator, Health};
+use kube::api::{DynamicObject, GroupVersionKind};
+use overseer_crds::fleet::{DriftAction, DriftedObject, FleetCluster, FleetRollout, Override};
 
 /// The rendered source of a rollout: every object of one revision, before per-cluster overrides.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,24 +28,46 @@ pub struct RolloutKey {
     pub name: String,
 }
 
-/// How one apply behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ApplyOptions {
+/// One delivery of a revision to one member.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivered<'a> {
+    /// The member.
+    pub cluster: &'a FleetCluster,
+    /// The rollout delivering.
+    pub rollout: &'a RolloutKey,
+    /// The revision of `objects`.
+    pub revision: &'a str,
+    /// The objects, already rendered for the member.
+    pub objects: &'a [DynamicObject],
     /// Delete objects this rollout applied earlier that are not in the set.
     pub prune: bool,
-    /// What to do with objects changed on the member since they were applied.
-    pub when_drifted: DriftAction,
+    /// Kinds to look for such objects in, besides those of `objects`.
+    pub prune_kinds: &'a [GroupVersionKind],
+    /// The stage gate that judges the objects' health.
+    pub gate: &'a GateEvaluator,
 }
 
-/// What an apply did.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What an apply, a drift check or a health read found.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ApplyOutcome {
-    /// The objects as the member returned them after the apply (for health), in set order.
-    pub live: Vec<Value>,
-    /// Objects found drifted (`apiVersion/kind/namespace/name`).
-    pub drifted: Vec<String>,
-    /// Objects pruned (`apiVersion/kind/namespace/name`).
-    pub pruned: Vec<String>,
+    /// The cluster's health: the worst object's, `Failed` naming the first object that could not
+    /// be applied.
+    pub health: Health,
+    /// Objects found changed since they were applied (drift checks).
+    pub drifted: Vec<DriftedObject>,
+    /// How many objects prune deleted.
+    pub pruned: usize,
+}
+
+impl ApplyOutcome {
+    /// An outcome with only a health verdict.
+    pub fn health(health: Health) -> Self {
+        Self {
+            health,
+            drifted: Vec::new(),
+            pruned: 0,
+        }
+    }
 }
 
 /// A failure talking to a source or a member.
@@ -81,7 +103,8 @@ impl DeliveryError {
 ///
 /// Methods that reach a member receive its `FleetCluster`; the implementation finds (and caches)
 /// the client for it. Callers bound every call with a timeout, so an implementation may block as
-/// long as the network does.
+/// long as the network does. An unreachable member is a retryable error; an object the member
+/// refuses is a `Failed` health in the outcome.
 pub trait Delivery: Send + Sync + 'static {
     /// Resolve the rollout's source into its rendered objects and revision. An error names the
     /// object and the problem; nothing is applied from a source that fails as a whole.
@@ -98,28 +121,54 @@ pub trait Delivery: Send + Sync + 'static {
         cluster: &FleetCluster,
     ) -> Result<Vec<DynamicObject>, DeliveryError>;
 
-    /// Server-side apply `objects` (already rendered for the cluster) to the member.
+    /// Server-side apply the objects to the member (pruning when asked) and judge what the
+    /// member returned.
     fn apply(
         &self,
-        cluster: &FleetCluster,
-        rollout: &RolloutKey,
-        objects: &[DynamicObject],
-        options: ApplyOptions,
+        req: Delivered<'_>,
     ) -> impl Future<Output = Result<ApplyOutcome, DeliveryError>> + Send;
 
-    /// Read `objects` back from the member, in the same order (`None`: not found).
-    fn live(
+    /// Read the objects back from the member and judge them (a missing object is in progress).
+    fn read_health(
         &self,
-        cluster: &FleetCluster,
-        objects: &[DynamicObject],
-    ) -> impl Future<Output = Result<Vec<Option<Value>>, DeliveryError>> + Send;
+        req: Delivered<'_>,
+    ) -> impl Future<Output = Result<Health, DeliveryError>> + Send;
 
-    /// Delete every object the rollout applied to the member (it left the rollout's targets).
+    /// Compare the objects on the member with what applying them would give; with
+    /// [`DriftAction::Correct`] apply the drifted ones again.
+    fn check_drift(
+        &self,
+        req: Delivered<'_>,
+        action: DriftAction,
+    ) -> impl Future<Output = Result<ApplyOutcome, DeliveryError>> + Send;
+
+    /// Delete every object of `kinds` the rollout applied to the member (it left the targets).
     fn prune_all(
         &self,
         cluster: &FleetCluster,
         rollout: &RolloutKey,
-    ) -> impl Future<Output = Result<Vec<String>, DeliveryError>> + Send;
+        kinds: &[GroupVersionKind],
+    ) -> impl Future<Output = Result<usize, DeliveryError>> + Send;
+}
+
+/// The kinds of `objects`, each once, in first-seen order.
+pub fn kinds_of<'a>(objects: impl IntoIterator<Item = &'a DynamicObject>) -> Vec<GroupVersionKind> {
+    let mut out: Vec<GroupVersionKind> = Vec::new();
+    for o in objects {
+        let Some(t) = o.types.as_ref() else { continue };
+        let (group, version) = t
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &t.api_version));
+        let gvk = GroupVersionKind::gvk(group, version, &t.kind);
+        if !out
+            .iter()
+            .any(|k| k.group == gvk.group && k.kind == gvk.kind)
+        {
+            out.push(gvk);
+        }
+    }
+    out
 }
 
 /// `apiVersion/kind/namespace/name` (or `apiVersion/kind/name`) of an object, for messages.

@@ -52,11 +52,10 @@ use overseer_crds::{
         FleetRolloutStatus, RolloutPhase, TaskWhen,
     },
 };
-use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::{
-    delivery::{ApplyOptions, Delivery, DeliveryError, Rendered, RolloutKey, object_key},
+    delivery::{Delivered, Delivery, DeliveryError, Rendered, RolloutKey, kinds_of},
     snapshot,
 };
 use crate::controller::{
@@ -75,6 +74,8 @@ pub const STATUS_MANAGER: FieldManager = FieldManager::new("overseer-fleetrollou
 pub const CONDITION_SOURCE_READY: &str = "SourceReady";
 /// Condition: objects changed on members since they were applied.
 pub const CONDITION_DRIFT_DETECTED: &str = "DriftDetected";
+/// How often a finished rollout's members are checked for drift by default.
+pub const DEFAULT_DRIFT_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// Event `action` of everything this controller publishes.
 pub const EVENT_ACTION: &str = "Rollout";
 
@@ -149,6 +150,8 @@ struct RolloutMemory {
     observed: HashMap<String, Observed>,
     /// Rendered objects by revision (as snapshotted).
     snapshots: HashMap<String, Arc<Vec<DynamicObject>>>,
+    /// When members were last checked for drift.
+    drift_checked: Option<Instant>,
 }
 
 /// What this process remembers between reconciles, by rollout UID. Losing it (a restart) costs
@@ -250,7 +253,7 @@ enum JobResult {
     Observed {
         cluster: String,
         observation: ClusterObservation,
-        drifted: Vec<String>,
+        drifted: Vec<DriftedObject>,
     },
     /// A retryable failure: try again later.
     Retry { cluster: String, message: String },
@@ -388,11 +391,11 @@ impl<'a, D: Delivery> Run<'a, D> {
         }
 
         // 3. Observe.
-        let mut observations = self.observe(&status, &rendered, &gates).await;
+        let (mut observations, drift_found) = self.observe(&status, &rendered, &gates).await;
         let mut per_cluster: HashMap<String, Vec<DynamicObject>> = HashMap::new();
         let mut requeue: Option<Duration> = None;
         let mut retry = false;
-        let mut drifted: Vec<DriftedObject> = status.drifted.clone();
+        let mut drifted: Vec<DriftedObject> = drift_found.unwrap_or_else(|| status.drifted.clone());
         let mut first = true;
         let mut approvals_created = HashSet::new();
         let mut pending_jobs = Vec::new();
@@ -538,14 +541,9 @@ impl<'a, D: Delivery> Run<'a, D> {
                         drifted: changed,
                     } => {
                         observed_any = true;
+                        // A fresh apply corrects whatever had drifted.
                         drifted.retain(|d| d.cluster != cluster);
-                        let corrected =
-                            self.rollout.spec.apply_strategy.when_drifted == DriftAction::Correct;
-                        drifted.extend(changed.into_iter().map(|object| DriftedObject {
-                            cluster: cluster.clone(),
-                            object,
-                            corrected,
-                        }));
+                        drifted.extend(changed);
                         self.remember(&cluster, &observation);
                         observations.insert(cluster, observation);
                     }
@@ -677,14 +675,42 @@ impl<'a, D: Delivery> Run<'a, D> {
         });
     }
 
+    /// How often a finished rollout's members are checked for drift.
+    fn drift_interval(&self) -> Duration {
+        self.rollout
+            .spec
+            .apply_strategy
+            .drift_check_interval
+            .as_ref()
+            .filter(|d| !d.is_negative())
+            .map_or(DEFAULT_DRIFT_CHECK_INTERVAL, |d| Duration::from(*d))
+            .max(Duration::from_secs(10))
+    }
+
+    /// Whether a finished rollout is due a drift check.
+    fn drift_due(&self, status: &FleetRolloutStatus) -> bool {
+        status.phase == Some(RolloutPhase::Succeeded)
+            && status.target_revision == status.last_succeeded_revision
+            && self.fleet.memory.with(&self.uid, |m| {
+                m.drift_checked
+                    .is_none_or(|at| at.elapsed() >= self.drift_interval())
+            })
+    }
+
     /// Observations for the planner: remembered ones, refreshed by reading members for clusters
-    /// whose health matters now.
+    /// whose health matters now. A finished rollout due a drift check checks (and, with
+    /// `whenDrifted: Correct`, corrects) its members instead of reading them, and returns the
+    /// drift found.
     async fn observe(
         &self,
         status: &FleetRolloutStatus,
         rendered: &Rendered,
         gates: &[GateEvaluator],
-    ) -> HashMap<String, ClusterObservation> {
+    ) -> (
+        HashMap<String, ClusterObservation>,
+        Option<Vec<DriftedObject>>,
+    ) {
+        let drift = self.drift_due(status);
         let remembered: HashMap<String, Observed> =
             self.fleet.memory.with(&self.uid, |m| m.observed.clone());
         let mut observations: HashMap<String, ClusterObservation> = HashMap::new();
@@ -714,28 +740,101 @@ impl<'a, D: Delivery> Run<'a, D> {
                 let fresh = old.is_some_and(|o| o.at.elapsed() < self.limits().observation_ttl);
                 // A fresh observation is enough outside the active stage and for a failed cluster
                 // (re-reading could only hide the failure).
-                let trusted = fresh && (!active || c.phase == "Failed");
+                let trusted = fresh && (!active || c.phase == "Failed") && !drift;
                 if trusted || !self.reachable(&c.name) {
                     continue;
                 }
                 reads.push((i, c.name.clone()));
             }
         }
-        let results: Vec<(String, Option<ClusterObservation>)> = futures::stream::iter(reads)
+        let action = self.rollout.spec.apply_strategy.when_drifted;
+        let results: Vec<(
+            String,
+            Option<ClusterObservation>,
+            Option<Vec<DriftedObject>>,
+        )> = futures::stream::iter(reads)
             .map(|(i, cluster)| async move {
-                let obs = self.read_health(i, &cluster, rendered, gates).await;
-                (cluster, obs)
+                if drift {
+                    match self.check_drift(i, &cluster, rendered, gates, action).await {
+                        Some((obs, found)) => (cluster, Some(obs), Some(found)),
+                        None => (cluster, None, None),
+                    }
+                } else {
+                    let obs = self.read_health(i, &cluster, rendered, gates).await;
+                    (cluster, obs, None)
+                }
             })
             .buffer_unordered(self.limits().parallel.max(1))
             .collect()
             .await;
-        for (cluster, obs) in results {
+        let mut drifted: Option<Vec<DriftedObject>> = drift.then(|| status.drifted.clone());
+        for (cluster, obs, found) in results {
             if let Some(obs) = obs {
                 self.remember(&cluster, &obs);
-                observations.insert(cluster, obs);
+                observations.insert(cluster.clone(), obs);
+            }
+            if let (Some(all), Some(found)) = (drifted.as_mut(), found) {
+                all.retain(|d| d.cluster != cluster);
+                all.extend(found);
             }
         }
-        observations
+        if drift {
+            self.fleet
+                .memory
+                .with(&self.uid, |m| m.drift_checked = Some(Instant::now()));
+        }
+        (observations, drifted)
+    }
+
+    /// Check one cluster for drift (correcting it when the spec says so).
+    async fn check_drift(
+        &self,
+        i: usize,
+        cluster: &str,
+        rendered: &Rendered,
+        gates: &[GateEvaluator],
+        action: DriftAction,
+    ) -> Option<(ClusterObservation, Vec<DriftedObject>)> {
+        let fc = self.by_name.get(cluster).copied()?;
+        if fc.spec.paused {
+            return None;
+        }
+        let objects = self
+            .fleet
+            .delivery
+            .render(&rendered.objects, &self.rollout.spec.overrides, fc)
+            .ok()?;
+        let req = Delivered {
+            cluster: fc,
+            rollout: &self.key,
+            revision: &rendered.revision,
+            objects: &objects,
+            prune: false,
+            prune_kinds: &[],
+            gate: gates.get(i)?,
+        };
+        let checked = tokio::time::timeout(
+            self.limits().apply_timeout,
+            self.fleet.delivery.check_drift(req, action),
+        )
+        .await;
+        match checked {
+            Ok(Ok(outcome)) => Some((
+                ClusterObservation {
+                    revision: rendered.revision.clone(),
+                    health: outcome.health,
+                },
+                outcome.drifted,
+            )),
+            Ok(Err(e)) => {
+                debug!(cluster, error = %e, "drift check failed");
+                None
+            }
+            Err(_) => {
+                debug!(cluster, "drift check timed out");
+                None
+            }
+        }
     }
 
     fn reachable(&self, cluster: &str) -> bool {
@@ -759,16 +858,24 @@ impl<'a, D: Delivery> Run<'a, D> {
             .delivery
             .render(&rendered.objects, &self.rollout.spec.overrides, fc)
             .ok()?;
-        let gate = gates.get(i)?;
-        let live = tokio::time::timeout(
+        let req = Delivered {
+            cluster: fc,
+            rollout: &self.key,
+            revision: &rendered.revision,
+            objects: &objects,
+            prune: false,
+            prune_kinds: &[],
+            gate: gates.get(i)?,
+        };
+        let read = tokio::time::timeout(
             self.limits().read_timeout,
-            self.fleet.delivery.live(fc, &objects),
+            self.fleet.delivery.read_health(req),
         )
         .await;
-        match live {
-            Ok(Ok(live)) => Some(ClusterObservation {
+        match read {
+            Ok(Ok(health)) => Some(ClusterObservation {
                 revision: rendered.revision.clone(),
-                health: judge(gate, &objects, &live),
+                health,
             }),
             Ok(Err(e)) => {
                 debug!(cluster, error = %e, "cannot read objects back");
@@ -779,6 +886,15 @@ impl<'a, D: Delivery> Run<'a, D> {
                 None
             }
         }
+    }
+
+    /// Kinds this rollout may have left on members: those of every revision this process holds.
+    fn known_kinds(&self) -> Vec<kube::api::GroupVersionKind> {
+        let snapshots: Vec<Arc<Vec<DynamicObject>>> = self
+            .fleet
+            .memory
+            .with(&self.uid, |m| m.snapshots.values().cloned().collect());
+        kinds_of(snapshots.iter().flat_map(|s| s.iter()))
     }
 
     /// Apply concurrently, each job under the apply timeout.
@@ -794,11 +910,10 @@ impl<'a, D: Delivery> Run<'a, D> {
             .enumerate()
             .flat_map(|(i, s)| s.clusters.iter().map(move |c| (c.name.as_str(), i)))
             .collect();
-        let options = ApplyOptions {
-            prune: self.rollout.spec.apply_strategy.prune.unwrap_or(true),
-            when_drifted: self.rollout.spec.apply_strategy.when_drifted,
-        };
+        let prune = self.rollout.spec.apply_strategy.prune.unwrap_or(true);
+        let prune_kinds = self.known_kinds();
         let stage_of = &stage_of;
+        let prune_kinds = &prune_kinds;
         futures::stream::iter(jobs)
             .map(
                 |Job {
@@ -812,26 +927,36 @@ impl<'a, D: Delivery> Run<'a, D> {
                             cluster,
                         };
                     };
+                    let Some(gate) = stage_of.get(cluster.as_str()).and_then(|i| gates.get(*i))
+                    else {
+                        return JobResult::Retry {
+                            message: "cluster is in no stage".into(),
+                            cluster,
+                        };
+                    };
+                    let req = Delivered {
+                        cluster: fc,
+                        rollout: &self.key,
+                        revision: &revision,
+                        objects: &objects,
+                        prune,
+                        prune_kinds,
+                        gate,
+                    };
                     let applied = tokio::time::timeout(
                         self.limits().apply_timeout,
-                        self.fleet.delivery.apply(fc, &self.key, &objects, options),
+                        self.fleet.delivery.apply(req),
                     )
                     .await;
                     match applied {
-                        Ok(Ok(outcome)) => {
-                            let gate = stage_of.get(cluster.as_str()).and_then(|i| gates.get(*i));
-                            let live: Vec<Option<Value>> =
-                                outcome.live.into_iter().map(Some).collect();
-                            let health = match gate {
-                                Some(g) => judge(g, &objects, &live),
-                                None => Health::unknown("cluster is in no stage"),
-                            };
-                            JobResult::Observed {
-                                cluster,
-                                observation: ClusterObservation { revision, health },
-                                drifted: outcome.drifted,
-                            }
-                        }
+                        Ok(Ok(outcome)) => JobResult::Observed {
+                            cluster,
+                            observation: ClusterObservation {
+                                revision,
+                                health: outcome.health,
+                            },
+                            drifted: outcome.drifted,
+                        },
                         Ok(Err(e)) if e.retryable => JobResult::Retry {
                             cluster,
                             message: e.message,
@@ -910,9 +1035,10 @@ impl<'a, D: Delivery> Run<'a, D> {
             // Deregistered: nothing can be reached.
             return;
         };
+        let kinds = self.known_kinds();
         let pruned = tokio::time::timeout(
             self.limits().apply_timeout,
-            self.fleet.delivery.prune_all(fc, &self.key),
+            self.fleet.delivery.prune_all(fc, &self.key, &kinds),
         )
         .await;
         match pruned {
@@ -1129,6 +1255,9 @@ impl<'a, D: Delivery> Run<'a, D> {
         if retry {
             at(self.limits().retry);
         }
+        if status.phase == Some(RolloutPhase::Succeeded) {
+            at(self.drift_interval());
+        }
         if let Some(d) = self.source_poll() {
             at(d);
         }
@@ -1149,22 +1278,4 @@ fn observed_revision(
         return status.last_succeeded_revision.clone();
     }
     c.applied_revision.clone()
-}
-
-/// Health of a cluster's objects from what was read back: the gate's verdict over the objects
-/// found, `InProgress` naming the first missing object when all found are healthy.
-pub fn judge(gate: &GateEvaluator, objects: &[DynamicObject], live: &[Option<Value>]) -> Health {
-    let found: Vec<&Value> = live.iter().flatten().collect();
-    let health = gate.cluster_health(found.iter().copied());
-    if !health.is_current() {
-        return health;
-    }
-    match objects
-        .iter()
-        .zip(live.iter().chain(std::iter::repeat(&None)))
-        .find(|(_, l)| l.is_none())
-    {
-        Some((obj, _)) => Health::in_progress(format!("{} not found", object_key(obj))),
-        None => health,
-    }
 }

@@ -11,18 +11,24 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use fleet::health::{GateEvaluator, Health};
 use http::{Request, Response};
-use kube::{Client, api::DynamicObject, client::Body, runtime::controller::Action};
+use kube::{
+    Client,
+    api::{DynamicObject, GroupVersionKind},
+    client::Body,
+    runtime::controller::Action,
+};
 use overseer_crds::fleet::{
-    FleetApproval, FleetApprovalSpec, FleetCluster, FleetClusterSpec, FleetClusterStatus,
-    FleetDecision, FleetReview, FleetRollout, FleetRolloutSpec, FleetRolloutStatus, Override,
-    RolloutPhase, TaskWhen,
+    DriftAction, DriftedObject, FleetApproval, FleetApprovalSpec, FleetCluster, FleetClusterSpec,
+    FleetClusterStatus, FleetDecision, FleetReview, FleetRollout, FleetRolloutSpec,
+    FleetRolloutStatus, Override, RolloutPhase, TaskWhen,
 };
 use serde_json::{Value, json};
 
 use super::{
     controller::targets,
-    delivery::{ApplyOptions, ApplyOutcome, Delivery, DeliveryError, Rendered, RolloutKey},
+    delivery::{ApplyOutcome, Delivered, Delivery, DeliveryError, Rendered, RolloutKey},
     reconcile::{Fleet, Limits, World, reconcile_at},
 };
 use crate::{
@@ -244,6 +250,33 @@ fn version(objects: &[DynamicObject]) -> String {
         .to_owned()
 }
 
+impl FakeDelivery {
+    fn live_of(&self, cluster: &str, objects: &[DynamicObject]) -> Vec<Option<Value>> {
+        let st = self.lock();
+        let on_member = st.live.get(cluster).cloned().unwrap_or_default();
+        objects
+            .iter()
+            .map(|o| {
+                on_member
+                    .iter()
+                    .find(|l| l["metadata"]["name"].as_str() == o.metadata.name.as_deref())
+                    .cloned()
+            })
+            .collect()
+    }
+}
+
+fn judge(gate: &GateEvaluator, live: &[Option<Value>]) -> Health {
+    if live.iter().any(Option::is_none) {
+        return Health::in_progress("not found on the cluster");
+    }
+    gate.cluster_health(live.iter().flatten())
+}
+
+fn name_of(cluster: &FleetCluster) -> String {
+    cluster.metadata.name.clone().unwrap_or_default()
+}
+
 impl Delivery for FakeDelivery {
     async fn resolve(&self, rollout: &FleetRollout) -> Result<Rendered, DeliveryError> {
         if let Some(e) = self.lock().source_error.clone() {
@@ -270,8 +303,7 @@ impl Delivery for FakeDelivery {
         _overrides: &[Override],
         cluster: &FleetCluster,
     ) -> Result<Vec<DynamicObject>, DeliveryError> {
-        let name = cluster.metadata.name.clone().unwrap_or_default();
-        if self.lock().unrenderable.contains(&name) {
+        if self.lock().unrenderable.contains(&name_of(cluster)) {
             return Err(DeliveryError::permanent(
                 "override pin-replicas: v1/ConfigMap/default/app: path /spec/replicas does not exist",
             ));
@@ -279,21 +311,16 @@ impl Delivery for FakeDelivery {
         Ok(objects.to_vec())
     }
 
-    async fn apply(
-        &self,
-        cluster: &FleetCluster,
-        _rollout: &RolloutKey,
-        objects: &[DynamicObject],
-        _options: ApplyOptions,
-    ) -> Result<ApplyOutcome, DeliveryError> {
-        let name = cluster.metadata.name.clone().unwrap_or_default();
+    async fn apply(&self, req: Delivered<'_>) -> Result<ApplyOutcome, DeliveryError> {
+        let name = name_of(req.cluster);
         let slow = self.lock().slow.contains(&name);
         if slow {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        let v = version(objects);
+        let v = version(req.objects);
         let failing = self.lock().failing.contains(&(name.clone(), v.clone()));
-        let live: Vec<Value> = objects
+        let live: Vec<Value> = req
+            .objects
             .iter()
             .map(|o| {
                 let mut value = serde_json::to_value(o).expect("json");
@@ -303,44 +330,68 @@ impl Delivery for FakeDelivery {
                 value
             })
             .collect();
+        let health = req.gate.cluster_health(live.iter());
         let mut st = self.lock();
         st.applied.push((name.clone(), v));
-        st.live.insert(name, live.clone());
-        Ok(ApplyOutcome {
-            live,
-            ..ApplyOutcome::default()
-        })
+        st.live.insert(name, live);
+        Ok(ApplyOutcome::health(health))
     }
 
-    async fn live(
+    async fn read_health(&self, req: Delivered<'_>) -> Result<Health, DeliveryError> {
+        Ok(judge(
+            req.gate,
+            &self.live_of(&name_of(req.cluster), req.objects),
+        ))
+    }
+
+    async fn check_drift(
         &self,
-        cluster: &FleetCluster,
-        objects: &[DynamicObject],
-    ) -> Result<Vec<Option<Value>>, DeliveryError> {
-        let name = cluster.metadata.name.clone().unwrap_or_default();
-        let st = self.lock();
-        let on_member = st.live.get(&name).cloned().unwrap_or_default();
-        Ok(objects
-            .iter()
-            .map(|o| {
-                on_member
-                    .iter()
-                    .find(|l| l["metadata"]["name"].as_str() == o.metadata.name.as_deref())
-                    .cloned()
-            })
-            .collect())
+        req: Delivered<'_>,
+        action: DriftAction,
+    ) -> Result<ApplyOutcome, DeliveryError> {
+        let name = name_of(req.cluster);
+        let live = self.live_of(&name, req.objects);
+        let mut drifted = Vec::new();
+        for (obj, l) in req.objects.iter().zip(&live) {
+            let want = serde_json::to_value(obj).expect("json");
+            if l.as_ref().is_none_or(|l| l["data"] != want["data"]) {
+                drifted.push(DriftedObject {
+                    cluster: name.clone(),
+                    object: format!(
+                        "v1/ConfigMap/default/{}",
+                        obj.metadata.name.as_deref().unwrap_or("?")
+                    ),
+                    corrected: action == DriftAction::Correct,
+                });
+            }
+        }
+        if action == DriftAction::Correct && !drifted.is_empty() {
+            let fixed: Vec<Value> = req
+                .objects
+                .iter()
+                .map(|o| serde_json::to_value(o).expect("json"))
+                .collect();
+            self.lock().live.insert(name.clone(), fixed);
+        }
+        let health = judge(req.gate, &self.live_of(&name, req.objects));
+        Ok(ApplyOutcome {
+            health,
+            drifted,
+            pruned: 0,
+        })
     }
 
     async fn prune_all(
         &self,
         cluster: &FleetCluster,
         _rollout: &RolloutKey,
-    ) -> Result<Vec<String>, DeliveryError> {
-        let name = cluster.metadata.name.clone().unwrap_or_default();
+        _kinds: &[GroupVersionKind],
+    ) -> Result<usize, DeliveryError> {
+        let name = name_of(cluster);
         let mut st = self.lock();
-        st.live.remove(&name);
+        let n = st.live.remove(&name).map_or(0, |l| l.len());
         st.pruned.push(name);
-        Ok(Vec::new())
+        Ok(n)
     }
 }
 
@@ -614,7 +665,8 @@ async fn stage_one_applies_waits_for_approval_then_stage_two_rolls_out() {
     assert_eq!(task.approved_by.as_deref(), Some("alice@example.com"));
     let ready = condition(&s3, "Ready");
     assert_eq!((ready.0, ready.1), ("True", "Succeeded"));
-    assert_eq!(action, Action::await_change());
+    // Finished: the next look is the drift check.
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
 }
 
 #[tokio::test]
@@ -1104,4 +1156,74 @@ fn targets_follow_names_and_selectors() {
     let clusters = fleet_members();
     assert!(!targets(&r, &clusters[0]));
     assert!(targets(&r, &clusters[1]));
+}
+
+#[tokio::test]
+async fn drift_on_a_finished_rollout_is_found_and_corrected() {
+    let (client, hub) = Hub::start();
+    let ctx = context(client);
+    let delivery = FakeDelivery::default();
+    let clusters = fleet_members();
+    let spec = spec(
+        "1",
+        json!({"stages": [{"name": "all", "maxConcurrency": 3}],
+               "applyStrategy": {"driftCheckInterval": "1m"}}),
+    );
+    let fleet = fast_fleet(delivery.clone());
+    let (action, r1) = step(
+        &hub,
+        &ctx,
+        &fleet,
+        &rollout(spec, 1, None),
+        &clusters,
+        &[],
+        t(0),
+    )
+    .await;
+    assert_eq!(
+        r1.status.as_ref().and_then(|s| s.phase),
+        Some(RolloutPhase::Succeeded)
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    delivery.take_applied();
+    // Someone edits the object on p1 by hand.
+    delivery.lock().live.get_mut("p1").expect("p1")[0]["data"]["version"] = json!("edited");
+    // A new process (the check is due at once): the drift is found, corrected and reported.
+    let (_, r2) = step(
+        &hub,
+        &ctx,
+        &fast_fleet(delivery.clone()),
+        &r1,
+        &clusters,
+        &[],
+        t(60),
+    )
+    .await;
+    let s2 = r2.status.clone().expect("status");
+    assert_eq!(
+        s2.drifted,
+        [DriftedObject {
+            cluster: "p1".into(),
+            object: "v1/ConfigMap/default/app".into(),
+            corrected: true,
+        }]
+    );
+    let drift = condition(&s2, "DriftDetected");
+    assert_eq!((drift.0, drift.1), ("True", "Drifted"));
+    assert_eq!(delivery.lock().live["p1"][0]["data"]["version"], "1");
+    assert_eq!(s2.phase, Some(RolloutPhase::Succeeded));
+    // The next check finds nothing: the condition clears.
+    let (_, r3) = step(
+        &hub,
+        &ctx,
+        &fast_fleet(delivery.clone()),
+        &r2,
+        &clusters,
+        &[],
+        t(120),
+    )
+    .await;
+    let s3 = r3.status.expect("status");
+    assert!(s3.drifted.is_empty());
+    assert_eq!(condition(&s3, "DriftDetected").0, "False");
 }

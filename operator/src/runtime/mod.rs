@@ -30,6 +30,7 @@ pub fn controllers() -> ControllerSet {
     let mut set = ControllerSet::new();
     set.register(IdentityController);
     set.register(crate::fleetcluster::controller::FleetClusterController);
+    set.register(crate::fleetrollout::controller::FleetRolloutController::default());
     set.register(crate::runway::controller::RunwayController::default());
     set
 }
