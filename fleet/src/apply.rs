@@ -18,8 +18,9 @@
 //! objects; an object delivered identically through both belongs to whichever applied it last.
 //!
 //! # Prune
-//! After applying, objects that carry this rollout's and this member's labels but are not in the
-//! set are deleted (background propagation, with a `uid` precondition so an object re-created
+//! Once every object of the set was applied (prune is skipped when any failed, so old objects are
+//! never removed before their replacements are in place), objects that carry this rollout's and
+//! this member's labels but are not in the set are deleted (background propagation, with a `uid` precondition so an object re-created
 //! meanwhile is left alone). Prune looks only in the kinds of the set and in the kinds the caller
 //! names in [`ApplyRequest::prune_kinds`] (pass the kinds of the revision applied before, so a
 //! kind that left the source entirely is cleaned up too); it never deletes an object without both
@@ -465,15 +466,22 @@ async fn prepare(
     keyed.sort_by_key(|(key, _)| apply_rank(key));
     let mut prepared = Vec::with_capacity(keyed.len());
     for (mut key, obj) in keyed {
-        let Some((resource, caps)) = member.resolve(&key.gvk()).await? else {
-            report.errors.push(ObjectError {
-                object: Some(key.clone()),
-                message: format!(
-                    "the cluster does not serve {} {}",
-                    key.api_version, key.kind
-                ),
-            });
-            continue;
+        let (resource, caps) = match member.resolve(&key.gvk()).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                report.errors.push(ObjectError {
+                    message: format!(
+                        "the cluster does not serve {} {}",
+                        key.api_version, key.kind
+                    ),
+                    object: Some(key),
+                });
+                continue;
+            }
+            Err(e) => {
+                record(report, &key, "discovery failed", e)?;
+                continue;
+            }
         };
         let namespaced = caps.scope == Scope::Namespaced;
         if namespaced && key.namespace.is_none() {
@@ -555,8 +563,8 @@ fn record(
     Ok(())
 }
 
-/// Deliver `req` to `member`: apply every object, prune when asked, and report each object's
-/// health as returned by the apply. Per-object failures are in [`ApplyReport::errors`]; an
+/// Deliver `req` to `member`: apply every object, prune when asked and every object was applied,
+/// and report each object's health as returned by the apply. Per-object failures are in [`ApplyReport::errors`]; an
 /// unreachable member stops the delivery with the error (nothing after it was attempted).
 pub async fn apply(member: &Member, req: &ApplyRequest<'_>) -> Result<ApplyReport, MemberError> {
     let mut report = ApplyReport::new(member.name(), req.revision);
@@ -577,7 +585,9 @@ pub async fn apply(member: &Member, req: &ApplyRequest<'_>) -> Result<ApplyRepor
             Err(e) => record(&mut report, &p.key, "apply failed", e)?,
         }
     }
-    if req.prune {
+    // Prune only once the whole set is in place: never remove the old objects when the new ones
+    // could not all be applied.
+    if req.prune && report.errors.is_empty() {
         // Objects that failed to prepare keep their identity where it is known: never prune them.
         let mut keep: HashSet<_> = prepared.iter().map(|p| p.key.group_kind_key()).collect();
         keep.extend(
@@ -629,9 +639,18 @@ async fn prune_into(
     let want_member = label_value(member.name());
     let mut resolved: Vec<(ApiResource, ApiCapabilities)> = Vec::new();
     for gvk in kinds {
-        match member.resolve(gvk).await? {
-            Some(found) => resolved.push(found),
-            None => debug!(
+        match member.resolve(gvk).await {
+            Ok(Some(found)) => resolved.push(found),
+            Err(e) => {
+                let key = ObjectKey {
+                    api_version: gvk.api_version(),
+                    kind: gvk.kind.clone(),
+                    namespace: None,
+                    name: "*".into(),
+                };
+                record(report, &key, "discovery for prune failed", e)?;
+            }
+            Ok(None) => debug!(
                 cluster = member.name(),
                 ?gvk,
                 "kind not served: nothing to prune"

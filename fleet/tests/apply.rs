@@ -355,7 +355,8 @@ async fn apply_then_prune_deletes_only_our_stale_objects() {
 }
 
 /// A kind the member does not serve and a namespaced object without a namespace fail alone; the
-/// rest is applied, and health comes from the apply's answer through the gate.
+/// rest is applied, and health comes from the apply's answer through the gate. With failures,
+/// prune is skipped: no list, no delete.
 #[tokio::test]
 async fn per_object_failures_do_not_stop_the_others() {
     let (client, task) = mock(vec![
@@ -395,7 +396,7 @@ async fn per_object_failures_do_not_stop_the_others() {
             rollout: &rollout,
             revision: "r1",
             objects: &objects,
-            prune: false,
+            prune: true,
             prune_kinds: &[],
             gate: Some(&gate),
         },
@@ -808,4 +809,55 @@ async fn the_pool_rebuilds_only_when_the_secret_changes() {
     assert_eq!(pool.len(), 1);
     drop((pool, a, b));
     finish(task).await;
+}
+
+/// Discovery failing for one group-version (an aggregated API down) fails that group's objects
+/// only; the rest is applied.
+#[tokio::test]
+async fn a_failing_discovery_fails_its_objects_only() {
+    let (client, task) = mock(vec![
+        Expect::get(
+            "/apis/metrics.example.com/v1",
+            503,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable", "message": "the server is currently unable to handle the request"}),
+        ),
+        core_v1(),
+        Expect::apply(
+            "/api/v1/namespaces/pay/configmaps/settings?&force=true&fieldManager=overseer-fleet",
+            with_ownership(config_map("settings"), "r1"),
+            with_ownership(config_map("settings"), "r1"),
+        ),
+    ]);
+    let member = member(client);
+    let objects = vec![
+        object(
+            json!({"apiVersion": "metrics.example.com/v1", "kind": "Probe", "metadata": {"name": "p", "namespace": "pay"}}),
+        ),
+        object(config_map("settings")),
+    ];
+    let rollout = rollout();
+    let report = apply::apply(
+        &member,
+        &ApplyRequest {
+            rollout: &rollout,
+            revision: "r1",
+            objects: &objects,
+            prune: false,
+            prune_kinds: &[],
+            gate: None,
+        },
+    )
+    .await
+    .expect("delivered");
+    drop(member);
+    finish(task).await;
+    assert_eq!(report.applied.len(), 1);
+    assert_eq!(report.errors.len(), 1);
+    assert!(
+        report.errors[0].to_string().starts_with(
+            "metrics.example.com/v1/Probe/pay/p: discovery failed: cluster edge-1: request failed: "
+        ),
+        "{}",
+        report.errors[0]
+    );
 }
