@@ -907,3 +907,355 @@ fn the_fleet_controllers_get_exactly_what_they_use() {
     );
     bound_to_the_operator_only(binding.subjects, "overseer-manager-fleet");
 }
+
+/// `config/gateway/{standalone,sidecar}`: the gateway container runs `overseer gateway` with flags
+/// overseer accepts, asks the decision service, listens where its `mcp` port says, reads every
+/// file from a mounted volume, its ConfigMap holds a valid gateway configuration, and no other
+/// container of the pod mounts an upstream's credential.
+#[test]
+fn gateway_examples_run_overseer_gateway_with_valid_flags() {
+    use clap::Parser;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use operator::gateway::config::GatewayConfig;
+    for (dir, loopback) in [
+        ("config/gateway/standalone", false),
+        ("config/gateway/sidecar", true),
+    ] {
+        let objects = objects(&root().join(dir));
+        let (path, value) = objects
+            .iter()
+            .find(|(_, v)| v["kind"] == "Deployment")
+            .unwrap_or_else(|| panic!("{dir}: no Deployment"));
+        let deployment: Deployment = typed(path, value);
+        let spec = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod spec");
+        let gateway = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "gateway")
+            .unwrap_or_else(|| panic!("{dir}: no gateway container"));
+        let args = gateway.args.clone().unwrap_or_default();
+        let cli =
+            operator::cli::Cli::try_parse_from(std::iter::once("overseer".to_owned()).chain(args))
+                .unwrap_or_else(|e| panic!("{dir} passes flags overseer rejects: {e}"));
+        let operator::cli::Command::Gateway(flags) = cli.command else {
+            panic!("{dir}: the gateway container must run `overseer gateway`")
+        };
+        assert!(
+            flags
+                .decision_url
+                .as_deref()
+                .is_some_and(|u| u.contains("overseer-decisions.overseer-system.svc:8181")),
+            "{dir}: decisions come from the decision service"
+        );
+        assert_eq!(
+            flags.listen.ip().is_loopback(),
+            loopback,
+            "{dir}: listen address"
+        );
+        let port = gateway
+            .ports
+            .as_ref()
+            .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("mcp")))
+            .unwrap_or_else(|| panic!("{dir}: no mcp port"));
+        assert_eq!(port.container_port, i32::from(flags.listen.port()));
+        let mounts = gateway.volume_mounts.clone().unwrap_or_default();
+        let mounted = |p: &Path| mounts.iter().any(|m| p.starts_with(&m.mount_path));
+        let mut files = vec![
+            flags.config.clone(),
+            flags.api_keys.clone(),
+            flags.audit_file.clone(),
+        ];
+        files.extend(flags.decision_api_key_file.clone());
+        files.extend(flags.policies.clone());
+        for file in &files {
+            assert!(
+                mounted(file),
+                "{dir}: {} is on no mounted volume",
+                file.display()
+            );
+        }
+        let config_volume = mounts
+            .iter()
+            .find(|m| flags.config.starts_with(&m.mount_path))
+            .map(|m| m.name.clone())
+            .expect("config mount");
+        let config_map_name = spec
+            .volumes
+            .as_ref()
+            .and_then(|v| v.iter().find(|v| v.name == config_volume))
+            .and_then(|v| v.config_map.as_ref())
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| panic!("{dir}: the config volume is not a ConfigMap"));
+        let (path, value) = objects
+            .iter()
+            .find(|(_, v)| {
+                v["kind"] == "ConfigMap" && v["metadata"]["name"] == config_map_name.as_str()
+            })
+            .unwrap_or_else(|| {
+                panic!("{dir}: ConfigMap {config_map_name} is not in the kustomization")
+            });
+        let config_map: ConfigMap = typed(path, value);
+        let file_name = flags
+            .config
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("config file name");
+        let text = config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(file_name))
+            .unwrap_or_else(|| panic!("{dir}: ConfigMap lacks {file_name}"));
+        let config = GatewayConfig::from_yaml(text)
+            .unwrap_or_else(|e| panic!("{dir}: invalid gateway configuration: {e}"));
+        let credential_volumes: Vec<String> = config
+            .upstreams
+            .iter()
+            .filter_map(|u| u.credential.as_ref()?.from_file.clone())
+            .map(|file| {
+                mounts
+                    .iter()
+                    .find(|m| file.starts_with(&m.mount_path))
+                    .map(|m| m.name.clone())
+                    .unwrap_or_else(|| {
+                        panic!("{dir}: credential {} is not mounted", file.display())
+                    })
+            })
+            .collect();
+        assert!(
+            !credential_volumes.is_empty(),
+            "{dir}: shows an injected credential"
+        );
+        for other in spec.containers.iter().filter(|c| c.name != "gateway") {
+            for m in other.volume_mounts.iter().flatten() {
+                assert!(
+                    !credential_volumes.contains(&m.name),
+                    "{dir}: container {} mounts the upstream credential {}",
+                    other.name,
+                    m.name
+                );
+            }
+            for env in other.env.iter().flatten() {
+                let secret = env
+                    .value_from
+                    .as_ref()
+                    .and_then(|v| v.secret_key_ref.as_ref())
+                    .map(|s| s.name.clone());
+                let credential_secrets: Vec<String> = spec
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .filter(|v| credential_volumes.contains(&v.name))
+                    .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+                    .collect();
+                assert!(
+                    secret.is_none_or(|s| !credential_secrets.contains(&s)),
+                    "{dir}: container {} reads the upstream credential from the environment",
+                    other.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fleet_rollout_controller_gets_exactly_what_it_uses() {
+    let objects = default_objects();
+    let role: ClusterRole = one(&objects, "ClusterRole", "overseer-manager-fleetrollout");
+    // Approvals by server-side apply (create or patch); snapshots and ConfigMap sources (read,
+    // apply, list by label and delete old revisions); Flux sources read by name. Nothing is
+    // watched here: the watches are covered by role.yaml's reads.
+    let expected: BTreeSet<(String, String, String)> = [
+        triples("fleet.overseer.dev", "fleetapprovals", &["create", "patch"]),
+        triples(
+            "",
+            "configmaps",
+            &["get", "list", "create", "patch", "delete"],
+        ),
+        triples("source.toolkit.fluxcd.io", "gitrepositories", &["get"]),
+        triples("source.toolkit.fluxcd.io", "ocirepositories", &["get"]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(grants(&role), expected);
+    let binding: ClusterRoleBinding = one(
+        &objects,
+        "ClusterRoleBinding",
+        "overseer-manager-fleetrollout",
+    );
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "overseer-manager-fleetrollout")
+    );
+    bound_to_the_operator_only(binding.subjects, "overseer-manager-fleetrollout");
+}
+
+#[test]
+fn ext_authz_component_runs_overseer_ext_authz_and_envoy_points_at_it() {
+    use clap::Parser;
+    let dir = root().join("config/extauthz");
+    let found = objects(&dir);
+    let mut kinds: Vec<String> = found
+        .iter()
+        .map(|(_, v)| v["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["Deployment", "Service"]);
+    let (path, value) = found
+        .iter()
+        .find(|(_, v)| v["kind"] == "Deployment")
+        .expect("deployment");
+    let deployment: Deployment = typed(path, value);
+    let spec = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let container = &spec.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let cli =
+        operator::cli::Cli::try_parse_from(std::iter::once("overseer".to_owned()).chain(args))
+            .unwrap_or_else(|e| panic!("config/extauthz passes flags overseer rejects: {e}"));
+    let operator::cli::Command::ExtAuthz(ext) = cli.command else {
+        panic!("the container must run `overseer ext-authz`")
+    };
+    assert_eq!(ext.listen.port(), 9191);
+    let decision_url = ext.decision_url.clone().expect("asks the decision service");
+    assert!(
+        decision_url.starts_with("http://overseer-decisions.overseer-system.svc:8181"),
+        "{decision_url}"
+    );
+    assert!(
+        ext.decision_api_key_file.is_some(),
+        "authenticates to the decision service"
+    );
+    // The decision service it asks is the one config/decisions serves.
+    let decisions = objects(&root().join("config/decisions"));
+    let (path, value) = decisions
+        .iter()
+        .find(|(_, v)| v["kind"] == "Service")
+        .expect("decisions service");
+    let decisions_service: Service = typed(path, value);
+    assert_eq!(
+        decisions_service.metadata.name.as_deref(),
+        Some("overseer-decisions")
+    );
+    let port = container
+        .ports
+        .as_ref()
+        .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("grpc")))
+        .expect("grpc port");
+    assert_eq!(port.container_port, 9191);
+    // Every mounted volume exists and the key files sit under their mounts.
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    let volumes: BTreeSet<String> = spec
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    for mount in &mounts {
+        assert!(
+            volumes.contains(&mount.name),
+            "volume {} is missing",
+            mount.name
+        );
+    }
+    for file in [
+        &ext.api_keys,
+        ext.decision_api_key_file.as_ref().expect("key"),
+    ] {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| file.starts_with(&m.mount_path) && m.read_only == Some(true)),
+            "{} is not on a read-only mount",
+            file.display()
+        );
+    }
+    let (path, value) = found
+        .iter()
+        .find(|(_, v)| v["kind"] == "Service")
+        .expect("service");
+    let service: Service = typed(path, value);
+    let service_name = service.metadata.name.clone().expect("name");
+    let ports = service.spec.and_then(|s| s.ports).unwrap_or_default();
+    let grpc = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .expect("grpc service port");
+    assert_eq!(grpc.target_port, Some(IntOrString::String("grpc".into())));
+    assert_eq!(grpc.app_protocol.as_deref(), Some("grpc"));
+
+    // The Envoy example: ext_authz before the router, the body forwarded, fail closed, HTTP/2
+    // to this Service, and a timeout longer than ext-authz's own decision deadline.
+    let envoy: Value = e2e::read_yaml(&dir.join("envoy.yaml")).unwrap_or_else(|e| panic!("{e:#}"));
+    let manager = &envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters = manager["http_filters"].as_array().expect("http_filters");
+    let names: Vec<&str> = filters.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    );
+    let ext_authz = &filters[0]["typed_config"];
+    assert_eq!(
+        ext_authz["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+    );
+    assert_eq!(ext_authz["transport_api_version"], "V3");
+    assert_eq!(ext_authz["failure_mode_allow"], false, "fail closed");
+    let body = &ext_authz["with_request_body"];
+    assert_eq!(body["allow_partial_message"], false);
+    let max_bytes = body["max_request_bytes"]
+        .as_u64()
+        .expect("max_request_bytes");
+    assert!(
+        max_bytes <= ext.max_body_kib * 1024,
+        "Envoy forwards bodies ext-authz would refuse as too large"
+    );
+    let timeout = ext_authz["grpc_service"]["timeout"]
+        .as_str()
+        .and_then(|t| t.strip_suffix('s'))
+        .and_then(|t| t.parse::<f64>().ok())
+        .expect("grpc_service timeout in seconds");
+    assert!(
+        timeout * 1000.0 > ext.decision_timeout_ms as f64,
+        "Envoy must wait longer than ext-authz waits for a decision"
+    );
+    let cluster_name = ext_authz["grpc_service"]["envoy_grpc"]["cluster_name"]
+        .as_str()
+        .expect("cluster_name");
+    let cluster = envoy["static_resources"]["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == cluster_name))
+        .expect("the ext_authz cluster is defined");
+    assert!(
+        cluster["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+            .get("http2_protocol_options")
+            .is_some(),
+        "gRPC needs HTTP/2 to the ext_authz cluster"
+    );
+    let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    assert_eq!(
+        address["address"],
+        format!("{service_name}.overseer-system.svc")
+    );
+    assert_eq!(address["port_value"], i64::from(grpc.port));
+    // The MCP route names its server for policies and is below an --mcp-path.
+    let route = &manager["route_config"]["virtual_hosts"][0]["routes"][0];
+    let prefix = route["match"]["prefix"].as_str().expect("prefix");
+    assert!(ext.mcp_paths.iter().any(|p| p == prefix), "{prefix}");
+    assert!(
+        route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]
+            ["context_extensions"][operator::extauthz::SERVER_EXTENSION]
+            .is_string()
+    );
+}

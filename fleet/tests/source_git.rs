@@ -385,3 +385,116 @@ fn cache_dirs_differ_per_url() {
         git::cache_dir(root, "https://a.example/x.git")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the resolver (blocking fetch off the runtime, Secrets read through the API)
+// ---------------------------------------------------------------------------------------------
+
+#[path = "source_support/mod.rs"]
+mod support;
+
+use fleet::source::SourceResolver;
+use overseer_crds::fleet::RolloutSource;
+use support::{Expected, mock_client, not_found, within};
+
+fn git_source(spec: GitSource) -> RolloutSource {
+    RolloutSource {
+        git: Some(spec),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn resolver_fetches_git_concurrently_into_one_cache() {
+    let remote = Remote::new();
+    remote.commit("main", &[("web.yaml", WEB), ("cm.yaml", CM)], &[]);
+    let (client, server) = mock_client(vec![]);
+    let cache = tempfile::tempdir().unwrap();
+    let resolver = SourceResolver::new(client, cache.path()).unwrap();
+    let source = git_source(remote.spec(branch("main"), None));
+    // Two reconciles of rollouts sharing a repository at once: serialized on the cache.
+    let (a, b) = within(async {
+        tokio::join!(
+            resolver.resolve("fleet", &source),
+            resolver.resolve("fleet", &source)
+        )
+    })
+    .await;
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(a.revision, expected(&[("a", WEB), ("b", CM)]));
+    assert_eq!(a, b);
+    drop(resolver);
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn credentials_secret_is_read_and_checked() {
+    let mut ssh_secret = serde_json::to_value(secret(&[("identity", "KEY")])).unwrap();
+    ssh_secret["metadata"] = serde_json::json!({"name": "ssh", "namespace": "fleet"});
+    let (client, server) = mock_client(vec![
+        Expected::get(
+            "/api/v1/namespaces/fleet/secrets/missing",
+            404,
+            not_found("secrets", "missing"),
+        ),
+        Expected::get("/api/v1/namespaces/fleet/secrets/ssh", 200, ssh_secret),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let resolver = SourceResolver::new(client, cache.path()).unwrap();
+    let with_secret = |name: &str| {
+        git_source(GitSource {
+            url: "https://example.invalid/repo.git".into(),
+            secret_ref: Some(name.into()),
+            ..Default::default()
+        })
+    };
+    let err = within(resolver.resolve("fleet", &with_secret("missing")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "Secret fleet/missing not found");
+    let err = within(resolver.resolve("fleet", &with_secret("ssh")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Credentials { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with("Secret fleet/ssh: SSH keys"),
+        "{err}"
+    );
+    drop(resolver);
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn http_remote_asking_for_credentials_without_secret_is_unreachable() {
+    use axum::{Router, http::StatusCode, routing::any};
+    let app = Router::new().fallback(any(|| async {
+        (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Basic realm=\"git\"")],
+            "authentication required",
+        )
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+
+    let (client, server) = mock_client(vec![]);
+    let cache = tempfile::tempdir().unwrap();
+    let resolver = SourceResolver::new(client, cache.path()).unwrap();
+    let source = git_source(GitSource {
+        url: format!("http://{addr}/repo.git"),
+        ref_: branch("main"),
+        ..Default::default()
+    });
+    let err = within(resolver.resolve("fleet", &source))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::GitUnreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("http://{addr}/repo.git")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no secretRef"), "{err}");
+    drop(resolver);
+    within(server).await.unwrap();
+}

@@ -80,7 +80,9 @@ pub enum ReviewError {
         expires_at: String,
     },
     /// The API server did not say who the user is.
-    #[error("the API server did not return your username (SelfSubjectReview); cannot name the reviewer")]
+    #[error(
+        "the API server did not return your username (SelfSubjectReview); cannot name the reviewer"
+    )]
     UnknownUser,
 }
 
@@ -177,13 +179,7 @@ pub async fn review(
         )
     })?;
     let reviewer = whoami(client).await?;
-    let patch = review_patch(
-        &approval,
-        decision,
-        &reviewer,
-        args.comment.as_deref(),
-        now,
-    )?;
+    let patch = review_patch(&approval, decision, &reviewer, args.comment.as_deref(), now)?;
     api.patch(
         &args.name,
         &PatchParams::apply(FIELD_MANAGER).validation_strict(),
@@ -317,7 +313,13 @@ mod tests {
         ));
         // An unreadable expiry is treated as expired, never as open-ended.
         assert!(matches!(
-            review_patch(&approval("soon"), ReviewDecision::Approved, "alice", None, now()),
+            review_patch(
+                &approval("soon"),
+                ReviewDecision::Approved,
+                "alice",
+                None,
+                now()
+            ),
             Err(ReviewError::Expired { .. })
         ));
         assert!(list_line(&pending, now()).contains("Pending"));

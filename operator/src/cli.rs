@@ -31,6 +31,8 @@ pub enum Command {
     Crd,
     /// Manage ephemeral identities (`overseer identities revoke --agent NAME`).
     Identities(crate::identity::cli::IdentitiesArgs),
+    /// List, approve and deny agents' approval requests (`AgentApproval`) as the current user.
+    Approvals(crate::approvals::ApprovalsArgs),
     /// Serve the decision API from a directory of AgentPolicy YAML files, without a cluster;
     /// the policies are reloaded when the directory changes.
     Serve(crate::decision::standalone::ServeArgs),
@@ -40,6 +42,10 @@ pub enum Command {
     /// Run the MCP gateway: a Streamable HTTP reverse proxy that decides every tools/call
     /// before it reaches an upstream MCP server (see docs/gateway.md).
     Gateway(crate::gateway::run::GatewayArgs),
+    /// Serve Envoy's external authorization gRPC API (envoy.service.auth.v3.Authorization), so
+    /// Envoy or Istio ask Overseer about every request, MCP tools/call included (see
+    /// docs/ext-authz.md).
+    ExtAuthz(crate::extauthz::run::ExtAuthzArgs),
     /// Tools for the hash-chained audit log.
     Audit {
         /// What to do with the audit log.
@@ -115,6 +121,9 @@ pub struct RunArgs {
     /// How long a graceful shutdown may take before the process exits anyway, in seconds.
     #[arg(long, env = "OVERSEER_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub shutdown_timeout_seconds: u64,
+    /// The decision API served from the cluster's AgentPolicy objects.
+    #[command(flatten)]
+    pub decision: crate::agentpolicy::service::DecisionArgs,
 }
 
 impl RunArgs {
@@ -129,6 +138,7 @@ impl RunArgs {
         if self.lease_name.is_empty() || self.lease_namespace.is_empty() {
             return Err("--lease-name and --lease-namespace must not be empty".to_owned());
         }
+        self.decision.validate()?;
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line and dispatches here.
 
+pub mod agentpolicy;
+pub mod approvals;
 pub mod cli;
 pub mod controller;
 pub mod crd;

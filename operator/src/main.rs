@@ -27,6 +27,9 @@ fn main() -> ExitCode {
         Command::Identities(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(operator::identity::cli::run(args))),
+        Command::Approvals(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(operator::approvals::run(args))),
         Command::Run(args) => operator::telemetry::init(&cli.log).and_then(|()| {
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -47,6 +50,16 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
                     rt.block_on(operator::gateway::run::run_gateway(args, async {
+                        let signal = operator::runtime::wait_for_signal().await;
+                        tracing::info!(signal, "received shutdown signal");
+                    }))
+                })
+        }),
+        Command::ExtAuthz(args) => operator::telemetry::init(&cli.log).and_then(|()| {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(operator::extauthz::run::run_ext_authz(args, async {
                         let signal = operator::runtime::wait_for_signal().await;
                         tracing::info!(signal, "received shutdown signal");
                     }))

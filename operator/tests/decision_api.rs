@@ -76,12 +76,12 @@ fn fixture() -> Fixture {
         })
         .expect("audit log"),
     );
-    let service = Arc::new(DecisionService {
+    let service = Arc::new(DecisionService::new(
         engine,
         audit,
-        auth: Authenticator::from_yaml(KEYS).expect("keys"),
-        metrics: DecisionMetrics::register(&mut Registry::default()),
-    });
+        Authenticator::from_yaml(KEYS).expect("keys"),
+        DecisionMetrics::register(&mut Registry::default()),
+    ));
     Fixture {
         service,
         audit_path,

@@ -101,7 +101,7 @@ async fn a_missing_kubeconfig_fails_with_a_clear_message() {
 }
 
 /// A fake API server: CRDs (all Established, or none) and Leases stored in memory, patched with
-/// JSON merge semantics; the kinds the identity controller watches are served as empty lists and
+/// JSON merge semantics; the kinds the controllers watch are served as empty lists and
 /// watches that stay open without events. Lists of `EphemeralIdentity` are held until
 /// `identities_listable` is true, so a test can watch the controller's cache sync. Records every
 /// request as `VERB path`, with `WATCH` for a watch.
@@ -113,8 +113,19 @@ struct FakeApi {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-/// The collections the identity controller lists and watches, cluster-wide.
-const WATCHED: [&str; 6] = [
+/// The collections the controllers list and watch, cluster-wide.
+const WATCHED: [&str; 17] = [
+    "/apis/agents.overseer.dev/v1alpha1/agentapprovals",
+    "/apis/fleet.overseer.dev/v1alpha1/fleetclusters",
+    "/apis/fleet.overseer.dev/v1alpha1/fleetrollouts",
+    "/apis/fleet.overseer.dev/v1alpha1/fleetapprovals",
+    "/apis/runway.overseer.dev/v1alpha1/inferenceruntimes",
+    "/apis/apps/v1/deployments",
+    "/apis/apps/v1/controllerrevisions",
+    "/api/v1/services",
+    "/apis/agents.overseer.dev/v1alpha1/agentpolicies",
+    "/apis/agents.overseer.dev/v1alpha1/clusteragentpolicies",
+    "/api/v1/namespaces",
     "/apis/agents.overseer.dev/v1alpha1/ephemeralidentities",
     "/apis/agents.overseer.dev/v1alpha1/ephemeralidentityclasses",
     "/api/v1/serviceaccounts",
@@ -286,7 +297,10 @@ async fn fake_handler(
                 None => status(404, "NotFound", "lease not found"),
             }
         }
-        _ => status(404, "NotFound", "not served by the fake"),
+        _ => {
+            eprintln!("fake API: not served: {verb} {path}");
+            status(404, "NotFound", "not served by the fake")
+        }
     }
 }
 
@@ -458,6 +472,9 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
                 "leases"
             } else if path.contains("/customresourcedefinitions/") {
                 "customresourcedefinitions"
+            } else if path.starts_with("/apis/") && path.split('/').count() == 4 {
+                // `/apis/{group}/{version}`: the runtime controller's discovery of backends.
+                "discovery"
             } else {
                 path.rsplit('/').next().expect("a segment")
             };
@@ -468,22 +485,45 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
     assert_eq!(
         verbs.into_iter().collect::<Vec<_>>(),
         [
+            "GET agentapprovals",
+            "GET agentpolicies",
+            "GET clusteragentpolicies",
+            "GET controllerrevisions",
             "GET customresourcedefinitions",
+            "GET deployments",
+            "GET discovery",
             "GET ephemeralidentities",
             "GET ephemeralidentityclasses",
+            "GET fleetapprovals",
+            "GET fleetclusters",
+            "GET fleetrollouts",
+            "GET inferenceruntimes",
             "GET leases",
+            "GET namespaces",
             "GET rolebindings",
             "GET roles",
             "GET secrets",
             "GET serviceaccounts",
+            "GET services",
             "PATCH leases",
             "POST leases",
+            "WATCH agentapprovals",
+            "WATCH agentpolicies",
+            "WATCH clusteragentpolicies",
+            "WATCH controllerrevisions",
+            "WATCH deployments",
             "WATCH ephemeralidentities",
             "WATCH ephemeralidentityclasses",
+            "WATCH fleetapprovals",
+            "WATCH fleetclusters",
+            "WATCH fleetrollouts",
+            "WATCH inferenceruntimes",
+            "WATCH namespaces",
             "WATCH rolebindings",
             "WATCH roles",
             "WATCH secrets",
             "WATCH serviceaccounts",
+            "WATCH services",
         ],
         "{log:?}"
     );

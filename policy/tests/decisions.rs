@@ -726,9 +726,19 @@ fn may_allow_lists_the_tools_a_principal_can_ever_call() {
             rules(vec![
                 rule("read", &["read_*", "admin_*"], RuleEffect::Allow, None),
                 rule("refund", &["refund"], RuleEffect::RequireApproval, None),
-                rule("big", &["transfer"], RuleEffect::Allow, Some("context.arguments.amount < 10")),
+                rule(
+                    "big",
+                    &["transfer"],
+                    RuleEffect::Allow,
+                    Some("context.arguments.amount < 10"),
+                ),
                 rule("no-secrets", &["read_secret"], RuleEffect::Deny, None),
-                rule("maybe-not", &["read_maybe"], RuleEffect::Deny, Some("context.arguments.x == 1")),
+                rule(
+                    "maybe-not",
+                    &["read_maybe"],
+                    RuleEffect::Deny,
+                    Some("context.arguments.x == 1"),
+                ),
                 deny_srv,
             ]),
         ),
@@ -750,9 +760,15 @@ fn may_allow_lists_the_tools_a_principal_can_ever_call() {
     assert!(yes("read_file", None));
     assert!(yes("refund", None), "approval can be granted");
     assert!(yes("transfer", None), "the condition may hold");
-    assert!(yes("read_maybe", None), "a conditional deny does not always apply");
+    assert!(
+        yes("read_maybe", None),
+        "a conditional deny does not always apply"
+    );
     assert!(!yes("read_secret", None), "unconditional deny overrides");
-    assert!(!yes("write_file", None), "no rule allows it; audit policies never allow");
+    assert!(
+        !yes("write_file", None),
+        "no rule allows it; audit policies never allow"
+    );
     assert!(yes("admin_users", Some("staging")));
     assert!(!yes("admin_users", Some("prod-eu")), "deny for that server");
     assert!(!c.may_allow(&p("other"), None, "read_file"), "out of scope");

@@ -341,8 +341,7 @@ pub fn render(
 /// opened is removed and created anew. Opened isolated from the host's Git configuration.
 fn open_cache(dir: &Path) -> Result<gix::Repository, gix::Error> {
     let open = |dir: &Path| {
-        gix::open_opts(dir, gix::open::Options::isolated())
-            .map_err(gix::Error::from_error)
+        gix::open_opts(dir, gix::open::Options::isolated()).map_err(gix::Error::from_error)
     };
     if dir.exists() {
         if let Ok(repo) = open(dir) {

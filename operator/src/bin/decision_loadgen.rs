@@ -87,6 +87,11 @@ enum Cmd {
         /// Replay at most this many measured requests (default: all 200,000).
         #[arg(long)]
         limit: Option<usize>,
+        /// Busy-poll the socket instead of sleeping until the answer arrives (one connection
+        /// only), as `sockperf --busy-poll` does: the load generator's own wake-up latency —
+        /// milliseconds on an idle or shared virtual CPU — is then not counted as the server's.
+        #[arg(long, requires = "connections")]
+        busy_poll: bool,
     },
 }
 
@@ -279,13 +284,23 @@ async fn load(
         latencies.extend(l);
         errors += e;
     }
-    let wall = started.elapsed();
+    report(
+        connections,
+        bodies.len(),
+        &mut latencies,
+        errors,
+        started.elapsed(),
+    );
+    Ok(errors == 0)
+}
+
+/// Print throughput and the latency distribution.
+fn report(connections: usize, requests: usize, latencies: &mut [u64], errors: u64, wall: Duration) {
     latencies.sort_unstable();
     let us = |ns: u64| ns as f64 / 1000.0;
     let mean = latencies.iter().map(|&n| n as f64).sum::<f64>() / latencies.len().max(1) as f64;
     println!(
-        "connections={connections} requests={} ok={} errors={errors} wall={:.2}s throughput={:.0}/s",
-        bodies.len(),
+        "connections={connections} requests={requests} ok={} errors={errors} wall={:.2}s throughput={:.0}/s",
         latencies.len(),
         wall.as_secs_f64(),
         latencies.len() as f64
@@ -295,14 +310,103 @@ async fn load(
     );
     println!(
         "latency_us p50={:.1} p90={:.1} p99={:.1} p99.9={:.1} min={:.1} max={:.1} mean={:.1}",
-        us(percentile(&latencies, 50.0)),
-        us(percentile(&latencies, 90.0)),
-        us(percentile(&latencies, 99.0)),
-        us(percentile(&latencies, 99.9)),
+        us(percentile(latencies, 50.0)),
+        us(percentile(latencies, 90.0)),
+        us(percentile(latencies, 99.0)),
+        us(percentile(latencies, 99.9)),
         us(latencies.first().copied().unwrap_or(0)),
         us(latencies.last().copied().unwrap_or(0)),
         mean / 1000.0
     );
+}
+
+/// `load --busy-poll`: one blocking-free connection on this thread, spinning on the socket.
+fn busy_poll_load(
+    workload_dir: &std::path::Path,
+    url: &str,
+    api_key: Option<&str>,
+    connections: usize,
+    limit: Option<usize>,
+) -> anyhow::Result<bool> {
+    use std::io::{ErrorKind, Read, Write};
+    if connections != 1 {
+        bail!("--busy-poll measures one connection; use --connections 1");
+    }
+    let uri: hyper::Uri = url.parse().context("--url is not a URL")?;
+    let authority = uri
+        .authority()
+        .context("--url needs host:port")?
+        .to_string();
+    let workload = load_workload(workload_dir)?;
+    let bodies: Vec<Bytes> = workload
+        .requests
+        .iter()
+        .filter(|r| r.phase == "measure")
+        .take(limit.unwrap_or(usize::MAX))
+        .map(body_of)
+        .collect();
+    let mut stream = std::net::TcpStream::connect(&authority)
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    let auth = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let mut latencies = Vec::with_capacity(bodies.len());
+    let mut errors = 0u64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = [0u8; 16 * 1024];
+    let started = Instant::now();
+    for body in &bodies {
+        let mut request = format!(
+            "POST /v1/decisions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        let t = Instant::now();
+        let mut written = 0;
+        while written < request.len() {
+            match stream.write(&request[written..]) {
+                Ok(0) => bail!("the server closed the connection"),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.clear();
+        let status = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => bail!("the server closed the connection"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = response.parse(&buf)? {
+                let length = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .context("the answer has no Content-Length")?;
+                if buf.len() >= head + length {
+                    break response.code.unwrap_or(0);
+                }
+            }
+        };
+        if status == 200 {
+            latencies.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        } else {
+            errors += 1;
+        }
+    }
+    report(1, bodies.len(), &mut latencies, errors, started.elapsed());
     Ok(errors == 0)
 }
 
@@ -370,6 +474,15 @@ fn main() -> ExitCode {
             api_key,
             connections,
             limit,
+            busy_poll,
+        } if busy_poll => busy_poll_load(&workload, &url, api_key.as_deref(), connections, limit),
+        Cmd::Load {
+            workload,
+            url,
+            api_key,
+            connections,
+            limit,
+            busy_poll: _,
         } => runtime.block_on(load(workload, url, api_key, connections, limit)),
     };
     match result {

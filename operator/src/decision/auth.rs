@@ -1,4 +1,5 @@
-//! Caller authentication for the standalone decision service: explicit API keys.
+//! Caller authentication: explicit API keys (standalone and in a cluster) and, in a cluster,
+//! Kubernetes tokens checked with the TokenReview API ([`super::tokenreview`]).
 //!
 //! Keys are given in a YAML file of entries `{name, role, sha256 | key, agent?, groups?}`; only
 //! their SHA-256 digests are kept in memory and keys are compared digest to digest in constant
@@ -20,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// What an authenticated caller may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Decisions for one principal only.
@@ -33,10 +34,40 @@ pub enum Role {
     Admin,
 }
 
+/// A Kubernetes ServiceAccount, as a TokenReview names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceAccountRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ServiceAccountRef {
+    /// Parse a Kubernetes username `system:serviceaccount:NAMESPACE:NAME`.
+    pub fn from_username(username: &str) -> Option<Self> {
+        let rest = username.strip_prefix("system:serviceaccount:")?;
+        let (namespace, name) = rest.split_once(':')?;
+        if namespace.is_empty() || name.is_empty() || name.contains(':') {
+            return None;
+        }
+        Some(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The Kubernetes username, `system:serviceaccount:NAMESPACE:NAME`.
+    pub fn username(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+}
+
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// Who: the key's name (the reviewer identity for approvals).
+    /// Who: the key's name, or the Kubernetes username of a token (the reviewer identity for
+    /// approvals).
     pub name: String,
     /// What it may do.
     pub role: Role,
@@ -44,6 +75,9 @@ pub struct Caller {
     pub agent: Option<String>,
     /// Groups, matched against a policy's `approval.groups`.
     pub groups: Vec<String>,
+    /// The ServiceAccount, when the caller authenticated with a ServiceAccount token (for an
+    /// `agent`, the principal it may ask for is bound to it; see [`Caller::check_principal`]).
+    pub service_account: Option<ServiceAccountRef>,
 }
 
 impl Caller {
@@ -54,6 +88,7 @@ impl Caller {
             role: Role::Gateway,
             agent: None,
             groups: Vec::new(),
+            service_account: None,
         }
     }
 
@@ -64,6 +99,68 @@ impl Caller {
             Role::Agent => self.agent.as_deref() == Some(principal_id),
             Role::Approver => false,
         }
+    }
+
+    /// Check (and complete) the principal of a decision request this caller asks about.
+    ///
+    /// Gateways and admins may ask for any principal. An `agent` API key may ask only for the
+    /// principal id it names. An `agent` authenticated by a ServiceAccount token may ask only for
+    /// itself: the principal's `namespace` and `serviceAccount` must be its own (they are filled
+    /// in when absent), its `id` must be its username (`system:serviceaccount:NS:NAME`, filled in
+    /// when empty), and it may not assert a `spiffeId` or `labels`, which nothing here can
+    /// verify (ask through a gateway for those). `Err` says why the caller may not ask.
+    pub fn check_principal(
+        &self,
+        principal: &mut overseer_policy::request::Principal,
+    ) -> Result<(), String> {
+        let Some(sa) = self
+            .service_account
+            .as_ref()
+            .filter(|_| self.role == Role::Agent)
+        else {
+            return if self.may_decide_for(&principal.id) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} may not ask for decisions on behalf of {:?}",
+                    self.name, principal.id
+                ))
+            };
+        };
+        let username = sa.username();
+        let refuse = |what: String| {
+            Err(format!(
+                "{username} authenticated with its ServiceAccount token and may only ask for itself: {what}"
+            ))
+        };
+        if principal.id.is_empty() {
+            principal.id.clone_from(&username);
+        }
+        if principal.id != username {
+            return refuse(format!(
+                "principal.id must be {username:?}, not {:?}",
+                principal.id
+            ));
+        }
+        match principal.namespace.as_deref() {
+            None => principal.namespace = Some(sa.namespace.clone()),
+            Some(ns) if ns == sa.namespace => {}
+            Some(ns) => return refuse(format!("principal.namespace {ns:?} is not its own")),
+        }
+        match principal.service_account.as_deref() {
+            None => principal.service_account = Some(sa.name.clone()),
+            Some(name) if name == sa.name => {}
+            Some(name) => {
+                return refuse(format!("principal.serviceAccount {name:?} is not its own"));
+            }
+        }
+        if principal.spiffe_id.is_some() {
+            return refuse("it may not assert principal.spiffeId".into());
+        }
+        if !principal.labels.is_empty() {
+            return refuse("it may not assert principal.labels".into());
+        }
+        Ok(())
     }
 
     /// Whether it may review approvals.
@@ -131,14 +228,37 @@ pub enum Authenticator {
 }
 
 /// Why a request is not authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization: Bearer` header.
-    #[error("missing `Authorization: Bearer <api key>` header")]
+    #[error("missing `Authorization: Bearer <api key or token>` header")]
     Missing,
-    /// The key is not known.
+    /// The key is not known (and no token review is configured).
     #[error("unknown API key")]
     Unknown,
+    /// The API server's TokenReview did not accept the token (invalid, expired, revoked, or not
+    /// meant for this audience).
+    #[error("the token was not accepted: {0}")]
+    Rejected(String),
+    /// The token is valid but its user has no role here (not a ServiceAccount, and not named in
+    /// the role mapping).
+    #[error("{0} is authenticated but has no role in the decision service")]
+    NoRole(String),
+    /// The token could not be reviewed (the API server is unreachable or refused the review):
+    /// fail closed.
+    #[error("the token could not be reviewed, try again later: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// A short, stable label for HTTP error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing | Self::Unknown | Self::Rejected(_) => "unauthenticated",
+            Self::NoRole(_) => "forbidden",
+            Self::Unavailable(_) => "authentication_unavailable",
+        }
+    }
 }
 
 impl Authenticator {
@@ -152,6 +272,13 @@ impl Authenticator {
             path: path.display().to_string(),
             message,
         })
+    }
+
+    /// No API keys at all: in a cluster, where every caller presents a Kubernetes token checked
+    /// by TokenReview ([`super::tokenreview::TokenReviewer`]). Without a token reviewer every
+    /// caller is refused.
+    pub fn no_keys() -> Self {
+        Self::ApiKeys(Vec::new())
     }
 
     /// Parse API keys from YAML (`keys: [{name, role, key | sha256, agent?, groups?}]`).
@@ -187,6 +314,7 @@ impl Authenticator {
                     role: entry.role,
                     agent: entry.agent,
                     groups: entry.groups,
+                    service_account: None,
                 },
             });
         }
@@ -199,14 +327,7 @@ impl Authenticator {
             Self::Insecure => return Ok(Caller::anonymous()),
             Self::ApiKeys(records) => records,
         };
-        let key = authorization
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(AuthError::Missing)?;
+        let key = bearer(authorization).ok_or(AuthError::Missing)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Compare against every record so the time taken does not reveal which one matched.
         let mut found = None;
@@ -222,6 +343,17 @@ impl Authenticator {
     pub fn is_insecure(&self) -> bool {
         matches!(self, Self::Insecure)
     }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header value.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]

@@ -4,11 +4,14 @@
 //! written to the hash-chained audit log before the answer is returned (fail closed: when the
 //! audit log cannot take the record, the answer is a 503 and the call must not run).
 
+pub mod approvals;
 pub mod auth;
 pub mod catalog;
 pub mod files;
+pub mod gate;
 pub mod openapi;
 pub mod standalone;
+pub mod tokenreview;
 
 use std::{sync::Arc, time::Instant};
 
@@ -26,7 +29,7 @@ use overseer_policy::{
     audit::{AuditEvent, AuditInput, AuditLog, AuditMode, AuditResult},
     engine::{Engine, UsageError},
     limits,
-    request::{Decision, DecisionRequest, Outcome},
+    request::{Decision, DecisionRequest, ModeInfo, Outcome, Reason, ReasonCode},
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -36,7 +39,12 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use self::auth::{AuthError, Authenticator};
+use self::{
+    approvals::{ApprovalLedger, LedgerError},
+    auth::{AuthError, Authenticator, Caller},
+    gate::{GateVerdict, IdentityRevoker, PrincipalGate, RevokeError},
+    tokenreview::TokenReviewer,
+};
 
 /// Largest request body accepted, in bytes. Arguments themselves are capped lower by the policy
 /// core; this bounds what is read at all.
@@ -45,7 +53,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Labels of the decision counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    /// `allow`, `deny`, `require_approval`, `malformed`, `unauthenticated` or `forbidden`.
+    /// `allow`, `deny`, `require_approval`, `malformed`, `unauthenticated`, `forbidden` or
+    /// `unavailable` (the caller's token could not be reviewed).
     pub result: &'static str,
     /// `enforce`, or `audit` when an Audit-mode policy would have answered differently.
     pub mode: &'static str,
@@ -93,17 +102,90 @@ impl DecisionMetrics {
     }
 }
 
-/// Everything a request handler needs.
+/// Everything a request handler needs. Build it with [`DecisionService::new`] and the `with_*`
+/// methods for the in-cluster pieces.
 #[derive(Debug)]
 pub struct DecisionService {
     /// The policy engine.
     pub engine: Arc<Engine>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
-    /// Caller authentication.
+    /// Caller authentication by API key (checked first).
     pub auth: Authenticator,
     /// Metrics.
     pub metrics: DecisionMetrics,
+    /// In a cluster: Kubernetes tokens, reviewed when no API key matched.
+    tokens: Option<TokenReviewer>,
+    /// In a cluster: denies revoked or expired identities before any policy is evaluated.
+    gate: Option<Arc<dyn PrincipalGate>>,
+    /// In a cluster: the kill switch behind `POST /v1/admin/identities/revoke`.
+    revoker: Option<Arc<dyn IdentityRevoker>>,
+    /// In a cluster: records at the API server that an approval was used, before the call it
+    /// approved is allowed (see [`approvals`]).
+    ledger: Option<Arc<dyn ApprovalLedger>>,
+}
+
+impl DecisionService {
+    /// A service deciding with `engine`, auditing to `audit` and authenticating API keys with
+    /// `auth` (the standalone server's set-up; add the cluster's pieces with the `with_*`
+    /// methods).
+    pub fn new(
+        engine: Arc<Engine>,
+        audit: Arc<AuditLog>,
+        auth: Authenticator,
+        metrics: DecisionMetrics,
+    ) -> Self {
+        Self {
+            engine,
+            audit,
+            auth,
+            metrics,
+            tokens: None,
+            gate: None,
+            revoker: None,
+            ledger: None,
+        }
+    }
+
+    /// Also accept Kubernetes tokens (reviewed with TokenReview) from callers whose bearer
+    /// credential is no known API key.
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.tokens = Some(reviewer);
+        self
+    }
+
+    /// Consult `gate` before every decision.
+    pub fn with_gate(mut self, gate: Arc<dyn PrincipalGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Serve `POST /v1/admin/identities/revoke` with `revoker`.
+    pub fn with_revoker(mut self, revoker: Arc<dyn IdentityRevoker>) -> Self {
+        self.revoker = Some(revoker);
+        self
+    }
+
+    /// Confirm every use of an approval with `ledger` before answering allow. Required with
+    /// [`approvals::KubeApprovals`] (pass the same object): without it, a use is only recorded
+    /// in this replica.
+    pub fn with_approval_ledger(mut self, ledger: Arc<dyn ApprovalLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Authenticate the `Authorization` header: an API key first, then (when configured) a
+    /// Kubernetes token through TokenReview.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let header = authorization(headers);
+        match self.auth.authenticate(header) {
+            Err(AuthError::Unknown) => match (&self.tokens, auth::bearer(header)) {
+                (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
+                _ => Err(AuthError::Unknown),
+            },
+            other => other,
+        }
+    }
 }
 
 /// A JSON error body.
@@ -140,6 +222,7 @@ pub fn router(service: Arc<DecisionService>) -> Router {
         .route("/v1/usage", post(commit_usage))
         .route("/v1/approvals/{id}", get(get_approval))
         .route("/v1/approvals/{id}/review", post(review_approval))
+        .route("/v1/admin/identities/revoke", post(revoke_identities))
         .route("/openapi.json", get(openapi::serve))
         .fallback(|| async {
             error(
@@ -287,16 +370,16 @@ async fn decide(
 
 async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body) -> Response {
     let attempt = Uuid::now_v7();
-    let caller = match service.auth.authenticate(authorization(headers)) {
+    let caller = match service.authenticate(headers).await {
         Ok(caller) => caller,
         Err(e) => {
+            let label = match e {
+                AuthError::NoRole(_) => "forbidden",
+                AuthError::Unavailable(_) => "unavailable",
+                _ => "unauthenticated",
+            };
             if let Err(m) = service
-                .refuse(
-                    attempt,
-                    AuditInput::default(),
-                    "unauthenticated",
-                    e.to_string(),
-                )
+                .refuse(attempt, AuditInput::default(), label, e.to_string())
                 .await
             {
                 return audit_failed(m, attempt);
@@ -321,7 +404,7 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
             return response;
         }
     };
-    let request: DecisionRequest = match serde_json::from_slice(&bytes) {
+    let mut request: DecisionRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
             let message = format!("the body is not a valid decision request: {e}");
@@ -339,11 +422,7 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
             );
         }
     };
-    if !caller.may_decide_for(&request.principal.id) {
-        let message = format!(
-            "{} may not ask for decisions on behalf of {:?}",
-            caller.name, request.principal.id
-        );
+    if let Err(message) = caller.check_principal(&mut request.principal) {
         if let Err(m) = service
             .refuse(attempt, audit_input(&request), "forbidden", message.clone())
             .await
@@ -351,6 +430,11 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
             return audit_failed(m, attempt);
         }
         return error(StatusCode::FORBIDDEN, "forbidden", message, Some(attempt));
+    }
+    if let Some(gate) = &service.gate
+        && let GateVerdict::Closed { reason, message } = gate.check(&caller, &request.principal)
+    {
+        return answer_gate_closed(service, &request, reason.rule(), message).await;
     }
     let now = Utc::now();
     let decision = match service.engine.decide(&request, now) {
@@ -375,6 +459,10 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
                 Some(attempt),
             );
         }
+    };
+    let decision = match &service.ledger {
+        Some(ledger) => confirm_approval_use(service, ledger.as_ref(), decision, now).await,
+        None => decision,
     };
     let mode = if decision.mode.would_have.is_some() {
         AuditMode::Audit
@@ -419,6 +507,103 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
     (StatusCode::OK, Json(decision)).into_response()
 }
 
+/// A decision that used an approval is confirmed at the API server (single use across
+/// replicas) before it is answered allow; when the confirmation fails the answer is deny, and the
+/// estimate the allow reserved is given back.
+async fn confirm_approval_use(
+    service: &DecisionService,
+    ledger: &dyn ApprovalLedger,
+    mut decision: Decision,
+    now: chrono::DateTime<Utc>,
+) -> Decision {
+    if decision.decision != Outcome::Allow {
+        return decision;
+    }
+    let Some(id) = decision
+        .reasons
+        .iter()
+        .find(|r| r.code == ReasonCode::ApprovalGranted)
+        .and_then(|r| r.rule.clone())
+    else {
+        return decision;
+    };
+    let message = match ledger.confirm_consumed(&id).await {
+        Ok(()) => return decision,
+        Err(e @ LedgerError::AlreadyUsed(_)) => e.to_string(),
+        Err(e @ LedgerError::Unavailable(_)) => {
+            tracing::warn!(approval = %id, error = %e, "approval use could not be recorded; denying (fail closed)");
+            e.to_string()
+        }
+    };
+    // The allow reserved budget estimates; release them (rate-limit slots stay charged).
+    let _ = service.engine.commit_usage(
+        decision.decision_id,
+        limits::Usage {
+            tokens: Some(0),
+            cost_micro_usd: Some(0),
+        },
+        now,
+    );
+    decision.decision = Outcome::Deny;
+    decision.reasons = vec![Reason {
+        policy: None,
+        rule: Some(id),
+        code: ReasonCode::Deny,
+        message,
+    }];
+    decision.approval = None;
+    decision.mode = ModeInfo::default();
+    decision
+}
+
+/// Answer deny because the identity gate closed, and audit it.
+async fn answer_gate_closed(
+    service: &DecisionService,
+    request: &DecisionRequest,
+    rule: &'static str,
+    message: String,
+) -> Response {
+    let now = Utc::now();
+    let decision = Decision {
+        decision: Outcome::Deny,
+        reasons: vec![Reason {
+            policy: None,
+            rule: Some(rule.to_owned()),
+            code: ReasonCode::Deny,
+            message,
+        }],
+        decision_id: Uuid::now_v7(),
+        policy_revision: service.engine.current().revision().to_owned(),
+        mode: ModeInfo::default(),
+        approval: None,
+    };
+    service
+        .metrics
+        .decisions
+        .get_or_create(&DecisionLabels {
+            result: "deny",
+            mode: "enforce",
+        })
+        .inc();
+    let mut event = AuditEvent::decision(
+        decision.decision_id.to_string(),
+        now,
+        audit_input(request),
+        AuditResult::Deny,
+        AuditMode::Enforce,
+    );
+    event.reasons = decision
+        .reasons
+        .iter()
+        .map(|r| format!("{}: {}", rule, r.message))
+        .collect();
+    event.policy_revision = Some(decision.policy_revision.clone());
+    if let Err(m) = service.audit(event).await {
+        return audit_failed(m, decision.decision_id);
+    }
+    (StatusCode::OK, Json(decision)).into_response()
+}
+
 fn result_of(decision: &Decision) -> AuditResult {
     match decision.decision {
         Outcome::Allow => AuditResult::Allow,
@@ -427,17 +612,22 @@ fn result_of(decision: &Decision) -> AuditResult {
     }
 }
 
+/// The answer to a failed authentication: 401 (with `WWW-Authenticate: Bearer`) for missing or
+/// refused credentials, 403 for a valid token without a role, 503 when the token could not be
+/// reviewed.
 fn unauthorized(e: AuthError, id: Option<Uuid>) -> Response {
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        e.to_string(),
-        id,
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
+    let status = match e {
+        AuthError::NoRole(_) => StatusCode::FORBIDDEN,
+        AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut response = error(status, e.code(), e.to_string(), id);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
     response
 }
 
@@ -470,7 +660,7 @@ async fn commit_usage(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = match service.auth.authenticate(authorization(&headers)) {
+    let caller = match service.authenticate(&headers).await {
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
     };
@@ -516,7 +706,7 @@ async fn get_approval(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = service.auth.authenticate(authorization(&headers)) {
+    if let Err(e) = service.authenticate(&headers).await {
         return unauthorized(e, None);
     }
     match service.engine.approval(&id, Utc::now()) {
@@ -544,7 +734,7 @@ async fn review_approval(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let caller = match service.auth.authenticate(authorization(&headers)) {
+    let caller = match service.authenticate(&headers).await {
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
     };
@@ -585,5 +775,153 @@ async fn review_approval(
             };
             error(status, e.code(), e.to_string(), None)
         }
+    }
+}
+
+/// Body of `POST /v1/admin/identities/revoke`: the kill switch for one agent.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// The agent (`EphemeralIdentity.spec.agent`) whose identities are all revoked.
+    pub agent: String,
+    /// Only in this namespace; all namespaces when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Answer of `POST /v1/admin/identities/revoke`.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeResponse {
+    /// The agent.
+    pub agent: String,
+    /// The namespace, when the revocation was limited to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Identities newly marked revoked (already revoked or finished ones are not counted). The
+    /// identity controller deletes each one's token Secret first.
+    pub revoked: usize,
+}
+
+/// Audit path of admin revocations.
+pub const REVOKE_AUDIT_PATH: &str = "overseer/admin/identities/revoke";
+
+/// Whether `s` is a DNS-1123 label (a namespace name).
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+async fn revoke_identities(
+    State(service): State<Arc<DecisionService>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = match service.authenticate(&headers).await {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e, None),
+    };
+    if caller.role != auth::Role::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not revoke identities (the admin role is needed)",
+                caller.name
+            ),
+            None,
+        );
+    }
+    let request: RevokeRequest = match read_json(body, "a valid revocation request").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if request.agent.is_empty() || request.agent.len() > 253 {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "agent must be 1 to 253 characters",
+            None,
+        );
+    }
+    if let Some(ns) = &request.namespace
+        && !is_dns_label(ns)
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("namespace {ns:?} is not a valid namespace name"),
+            None,
+        );
+    }
+    let Some(revoker) = &service.revoker else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "needs_cluster",
+            RevokeError::NoCluster.to_string(),
+            None,
+        );
+    };
+    let id = Uuid::now_v7();
+    let outcome = revoker
+        .revoke_agent(request.namespace.as_deref(), &request.agent)
+        .await;
+    let mut event = AuditEvent::decision(
+        id.to_string(),
+        Utc::now(),
+        AuditInput {
+            principal: Some(request.agent.clone()),
+            tool: Some("overseer:revoke-identities".into()),
+            target: request.namespace.clone(),
+            user: Some(caller.name.clone()),
+            ..AuditInput::default()
+        },
+        if outcome.is_ok() {
+            AuditResult::Allow
+        } else {
+            AuditResult::Deny
+        },
+        AuditMode::Enforce,
+    );
+    event.path = REVOKE_AUDIT_PATH;
+    event.reasons = vec![match &outcome {
+        Ok(n) => format!(
+            "{} revoked {n} identities of agent {:?}",
+            caller.name, request.agent
+        ),
+        Err(e) => format!(
+            "{} asked to revoke agent {:?}: {e}",
+            caller.name, request.agent
+        ),
+    }];
+    if let Err(m) = service.audit(event).await {
+        return audit_failed(m, id);
+    }
+    match outcome {
+        Ok(revoked) => {
+            tracing::warn!(agent = %request.agent, namespace = ?request.namespace, revoked, by = %caller.name, "identities revoked through the admin API");
+            Json(RevokeResponse {
+                agent: request.agent,
+                namespace: request.namespace,
+                revoked,
+            })
+            .into_response()
+        }
+        Err(e @ RevokeError::NoCluster) => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "needs_cluster",
+            e.to_string(),
+            Some(id),
+        ),
+        Err(e @ RevokeError::Failed(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revocation_failed",
+            e.to_string(),
+            Some(id),
+        ),
     }
 }

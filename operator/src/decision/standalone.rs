@@ -251,12 +251,7 @@ pub fn build(
     );
     let metrics = DecisionMetrics::register(registry);
     Ok((
-        Arc::new(DecisionService {
-            engine,
-            audit,
-            auth,
-            metrics,
-        }),
+        Arc::new(DecisionService::new(engine, audit, auth, metrics)),
         catalog,
         dir,
         persister,

@@ -21,6 +21,7 @@
 
 pub mod answer;
 pub mod attributes;
+pub mod run;
 
 use std::sync::Arc;
 

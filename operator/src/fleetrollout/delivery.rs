@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use fleet::health::{GateEvaluator, Health};
+pub use fleet::health::{GateEvaluator, Health};
 use kube::api::{DynamicObject, GroupVersionKind};
 use overseer_crds::fleet::{DriftAction, DriftedObject, FleetCluster, FleetRollout, Override};
 

@@ -527,7 +527,6 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn call_tool(
     call: &Call<'_>,
     agent: &str,

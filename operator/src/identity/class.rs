@@ -58,21 +58,36 @@ pub mod reason {
     pub const CANNOT_BIND: &str = "CannotBind";
 }
 
+/// One class's bind check: the generation checked, when, and the ClusterRoles it may not bind.
+#[derive(Debug)]
+struct BindCheck {
+    generation: i64,
+    at: Instant,
+    missing: Vec<String>,
+}
+
 /// Results of bind checks, per class UID and generation.
 #[derive(Debug, Default, Clone)]
-pub struct BindChecks(Arc<Mutex<HashMap<String, (i64, Instant, Vec<String>)>>>);
+pub struct BindChecks(Arc<Mutex<HashMap<String, BindCheck>>>);
 
 impl BindChecks {
     fn cached(&self, uid: &str, generation: i64) -> Option<Vec<String>> {
         let map = self.0.lock().ok()?;
         map.get(uid)
-            .filter(|(g, at, _)| *g == generation && at.elapsed() < RECHECK)
-            .map(|(_, _, missing)| missing.clone())
+            .filter(|c| c.generation == generation && c.at.elapsed() < RECHECK)
+            .map(|c| c.missing.clone())
     }
 
     fn store(&self, uid: &str, generation: i64, missing: Vec<String>) {
         if let Ok(mut map) = self.0.lock() {
-            map.insert(uid.to_owned(), (generation, Instant::now(), missing));
+            map.insert(
+                uid.to_owned(),
+                BindCheck {
+                    generation,
+                    at: Instant::now(),
+                    missing,
+                },
+            );
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    agentpolicy::{self, controller::PolicyController, gate::IdentityGate},
     cli::RunArgs,
     controller::{Context, ControllerSet, Diagnostics, EventRecorder},
     health::{self, CHECK_CRDS, CHECK_KUBERNETES_API, Readiness},
@@ -26,11 +27,13 @@ use crate::{
 ///
 /// Every controller runs on every replica so its caches stay warm; only the leader reconciles
 /// or writes (the [`crate::controller::instrumented`] gate and the leader-gated writers).
-pub fn controllers() -> ControllerSet {
+/// `engine` is the decision engine the policy controller keeps current on every replica.
+pub fn controllers(engine: Arc<overseer_policy::engine::Engine>) -> ControllerSet {
     let mut set = ControllerSet::new();
     set.register(IdentityController);
     set.register(crate::fleetcluster::controller::FleetClusterController);
     set.register(crate::fleetrollout::controller::FleetRolloutController::default());
+    set.register(PolicyController::new(engine));
     set.register(crate::runway::controller::RunwayController::default());
     set
 }
@@ -62,13 +65,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Register every controller's readiness check before `/readyz` is served, so no probe can
     // see the operator ready in the moment between the servers starting and the controllers.
-    let set = controllers();
+    let engine = agentpolicy::service::engine(&args.decision)?;
+    let set = controllers(engine.clone());
     for name in set.names() {
         readiness.register(format!("controller/{name}"));
     }
 
-    let metrics = Arc::new(Metrics::new());
-    let mut servers = serve(&args, readiness.clone(), metrics.clone(), shutdown.clone()).await?;
+    // The decision API answers on every replica from the engine the policy controller keeps
+    // current; a revoked or expired EphemeralIdentity is denied before any policy is consulted.
+    let mut metrics = Metrics::new();
+    let decisions =
+        agentpolicy::service::build(&args.decision, engine, metrics.registry_mut(), |service| {
+            let identities_ready = readiness.register(agentpolicy::service::CHECK_IDENTITIES);
+            let (gate, store, _task) = IdentityGate::watch(client.clone(), shutdown.clone());
+            crate::controller::mark_ready_when_synced(store, identities_ready, shutdown.clone());
+            service.with_gate(Arc::new(gate))
+        })?;
+    let metrics = Arc::new(metrics);
+    let decision_router = decisions.as_ref().map(|d| (d.listen, d.router()));
+    let mut servers = serve(
+        &args,
+        readiness.clone(),
+        metrics.clone(),
+        decision_router,
+        shutdown.clone(),
+    )
+    .await?;
 
     let identity = args
         .identity
@@ -125,6 +147,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             warn!(error = %e, "leader election task failed");
         }
         servers.join().await;
+        // No decision is in flight any more: flush the audit log and the counters.
+        if let Some(Err(e)) = decisions.map(agentpolicy::service::DecisionRuntime::stop) {
+            warn!(error = %e, "cannot stop the decision service cleanly");
+        }
         failed
     };
     let failed = tokio::time::timeout(args.shutdown_timeout(), graceful)
@@ -188,21 +214,23 @@ struct Servers {
     tasks: Vec<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
 }
 
-/// Bind the health and metrics servers (one server when both addresses are equal) and serve
-/// them until `shutdown`.
+/// Bind the health and metrics servers (one server when both addresses are equal) and the
+/// decision API (when enabled), and serve them until `shutdown`.
 async fn serve(
     args: &RunArgs,
     readiness: Readiness,
     metrics: Arc<Metrics>,
+    decisions: Option<(SocketAddr, Router)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Servers> {
     let health = health::router(readiness);
     let metrics = metrics::router(metrics);
-    let routers: Vec<(SocketAddr, Router)> = if args.health_addr == args.metrics_addr {
+    let mut routers: Vec<(SocketAddr, Router)> = if args.health_addr == args.metrics_addr {
         vec![(args.health_addr, health.merge(metrics))]
     } else {
         vec![(args.health_addr, health), (args.metrics_addr, metrics)]
     };
+    routers.extend(decisions);
     let mut tasks = Vec::new();
     for (addr, router) in routers {
         let listener = TcpListener::bind(addr)

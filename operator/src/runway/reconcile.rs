@@ -529,6 +529,8 @@ impl<'a> Run<'a> {
                     }
                 }
             }
+            // Its objects are gone (onFailure: Delete); only the ControllerRevision remains.
+            outcome.objects.clear();
             return Ok(outcome);
         }
         let owner = revision_owner(&plan.name, &uid);
@@ -1044,13 +1046,7 @@ pub async fn reconcile_at(
     }
     let unavailable = (!unavailable_apis.is_empty()).then(|| install_message(&unavailable_apis));
     if unavailable.is_some() {
-        // Nothing of the spec's revision is created while its backend is missing.
-        let (desired, _) = plan::desired_revision(&run.name, spec);
-        roles.revisions.retain(|r| r.name != desired || !r.minted);
-        roles.revisions.retain(|r| r.role != Role::Candidate);
-        if let Some(active) = roles.revisions.iter_mut().find(|r| r.role == Role::Active) {
-            active.replicas = spec.replicas.max(0);
-        }
+        withhold_desired(&mut roles, spec);
     }
 
     // 4. Apply every revision.

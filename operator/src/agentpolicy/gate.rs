@@ -1,0 +1,325 @@
+//! The identity gate of `overseer run`'s decision API: a [`PrincipalGate`] over a reflector
+//! store of `EphemeralIdentity` objects, so a decision for a revoked, expired or denied identity
+//! is denied at once — before any policy is evaluated and before the identity controller has
+//! finished tearing down its token.
+//!
+//! A principal is tied to an identity when it names one (`principal.ephemeralIdentity`, in
+//! `principal.namespace`), or when the caller authenticated with the token of an identity's
+//! ServiceAccount (`status.serviceAccountName`). The gate closes when the identity:
+//! - has `spec.revoked: true`, is being deleted, or is in phase `Revoked` → `Revoked`;
+//! - is in phase `Expired`, or its `status.expiresAt` has passed → `Expired`;
+//! - is in phase `Denied` → `Denied`;
+//! - is named by the principal but does not exist (deleted, which revokes it) → `Revoked`.
+//!
+//! The store is read in memory; its readiness is a readiness check of its own, so a replica does
+//! not take decisions before it knows the identities.
+
+use std::fmt::Debug;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store, reflector},
+        watcher,
+    },
+};
+use overseer_crds::agents::{EphemeralIdentity, IdentityPhase};
+use overseer_policy::request::Principal;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::decision::{
+    auth::Caller,
+    gate::{GateReason, GateVerdict, PrincipalGate},
+};
+
+/// The gate, reading a store of every `EphemeralIdentity`.
+#[derive(Clone)]
+pub struct IdentityGate {
+    store: Store<EphemeralIdentity>,
+}
+
+impl Debug for IdentityGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityGate")
+            .field("identities", &self.store.len())
+            .finish()
+    }
+}
+
+impl IdentityGate {
+    /// A gate reading `store`.
+    pub fn new(store: Store<EphemeralIdentity>) -> Self {
+        Self { store }
+    }
+
+    /// Watch every `EphemeralIdentity` into a store until `shutdown`; returns the gate and the
+    /// store (for a readiness check).
+    pub fn watch(
+        client: Client,
+        shutdown: CancellationToken,
+    ) -> (Self, Store<EphemeralIdentity>, tokio::task::JoinHandle<()>) {
+        let (store, writer) = reflector::store::<EphemeralIdentity>();
+        let stream = reflector(
+            writer,
+            watcher(
+                Api::<EphemeralIdentity>::all(client),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        );
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = stream.next() => match next {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => warn!(error = %e, "EphemeralIdentity watch failed; retrying"),
+                        None => return,
+                    },
+                }
+            }
+        });
+        (Self::new(store.clone()), store, task)
+    }
+
+    /// The verdict at `now` (see the module docs).
+    pub fn check_at(
+        &self,
+        caller: &Caller,
+        principal: &Principal,
+        now: DateTime<Utc>,
+    ) -> GateVerdict {
+        if let Some(name) = &principal.ephemeral_identity {
+            let Some(namespace) = principal.namespace.as_deref() else {
+                return GateVerdict::Closed {
+                    reason: GateReason::Denied,
+                    message: format!(
+                        "principal names EphemeralIdentity {name:?} without a namespace; it cannot be checked"
+                    ),
+                };
+            };
+            return match self.store.get(&ObjectRef::new(name).within(namespace)) {
+                Some(identity) => verdict(&identity, now),
+                None => GateVerdict::Closed {
+                    reason: GateReason::Revoked,
+                    message: format!(
+                        "EphemeralIdentity {namespace}/{name} does not exist (deleting an identity revokes it)"
+                    ),
+                },
+            };
+        }
+        if let Some(sa) = &caller.service_account {
+            let owner = self.store.state().into_iter().find(|identity| {
+                identity.namespace().as_deref() == Some(sa.namespace.as_str())
+                    && identity
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.as_deref())
+                        == Some(sa.name.as_str())
+            });
+            if let Some(identity) = owner {
+                return verdict(&identity, now);
+            }
+        }
+        GateVerdict::Open
+    }
+}
+
+impl PrincipalGate for IdentityGate {
+    fn check(&self, caller: &Caller, principal: &Principal) -> GateVerdict {
+        self.check_at(caller, principal, Utc::now())
+    }
+}
+
+/// The verdict for one identity at `now`.
+fn verdict(identity: &EphemeralIdentity, now: DateTime<Utc>) -> GateVerdict {
+    let name = format!(
+        "{}/{}",
+        identity.namespace().unwrap_or_default(),
+        identity.name_any()
+    );
+    let closed = |reason: GateReason, why: &str| GateVerdict::Closed {
+        reason,
+        message: format!("EphemeralIdentity {name} {why}"),
+    };
+    let status = identity.status.as_ref();
+    let phase = status.and_then(|s| s.phase);
+    if identity.spec.revoked || phase == Some(IdentityPhase::Revoked) {
+        return closed(GateReason::Revoked, "is revoked");
+    }
+    if identity.metadata.deletion_timestamp.is_some() {
+        return closed(GateReason::Revoked, "is being deleted, which revokes it");
+    }
+    if phase == Some(IdentityPhase::Denied) {
+        return closed(GateReason::Denied, "was denied and never issued");
+    }
+    if phase == Some(IdentityPhase::Expired) {
+        return closed(GateReason::Expired, "has expired");
+    }
+    let expires_at = status
+        .and_then(|s| s.expires_at.as_deref())
+        .map(DateTime::parse_from_rfc3339);
+    match expires_at {
+        Some(Ok(at)) if at <= now => closed(GateReason::Expired, &format!("expired at {at}")),
+        Some(Err(_)) => closed(
+            GateReason::Expired,
+            "has an unreadable status.expiresAt; treated as expired",
+        ),
+        _ => GateVerdict::Open,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::auth::{Role, ServiceAccountRef};
+    use chrono::TimeZone;
+    use overseer_crds::agents::{EphemeralIdentitySpec, EphemeralIdentityStatus};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn identity(
+        name: &str,
+        revoked: bool,
+        phase: IdentityPhase,
+        expires: &str,
+    ) -> EphemeralIdentity {
+        let mut id = EphemeralIdentity::new(
+            name,
+            EphemeralIdentitySpec {
+                class_name: "standard".into(),
+                agent: "coder".into(),
+                revoked,
+                ..EphemeralIdentitySpec::default()
+            },
+        );
+        id.metadata.namespace = Some("agents".into());
+        id.status = Some(EphemeralIdentityStatus {
+            phase: Some(phase),
+            expires_at: Some(expires.into()),
+            service_account_name: Some(format!("eid-{name}-0123456789")),
+            ..EphemeralIdentityStatus::default()
+        });
+        id
+    }
+
+    fn gate(identities: Vec<EphemeralIdentity>) -> IdentityGate {
+        let (store, mut writer) = reflector::store::<EphemeralIdentity>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for id in identities {
+            writer.apply_watcher_event(&watcher::Event::InitApply(id));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        IdentityGate::new(store)
+    }
+
+    fn gateway() -> Caller {
+        Caller {
+            name: "gateway".into(),
+            role: Role::Gateway,
+            agent: None,
+            groups: vec![],
+            service_account: None,
+        }
+    }
+
+    fn naming(name: &str) -> Principal {
+        Principal {
+            id: "coder".into(),
+            namespace: Some("agents".into()),
+            ephemeral_identity: Some(name.into()),
+            ..Principal::default()
+        }
+    }
+
+    const LATER: &str = "2030-01-01T13:00:00Z";
+    const EARLIER: &str = "2030-01-01T11:00:00Z";
+
+    fn reason(v: GateVerdict) -> Option<GateReason> {
+        match v {
+            GateVerdict::Open => None,
+            GateVerdict::Closed { reason, .. } => Some(reason),
+        }
+    }
+
+    #[test]
+    fn revoked_expired_denied_and_missing_identities_close_the_gate() {
+        let g = gate(vec![
+            identity("live", false, IdentityPhase::Active, LATER),
+            identity("killed", true, IdentityPhase::Active, LATER),
+            identity("revoked", false, IdentityPhase::Revoked, LATER),
+            identity("old", false, IdentityPhase::Expired, EARLIER),
+            identity("lapsed", false, IdentityPhase::Active, EARLIER),
+            identity("refused", false, IdentityPhase::Denied, LATER),
+            identity("garbled", false, IdentityPhase::Active, "soon"),
+        ]);
+        let c = gateway();
+        for (name, want) in [
+            ("live", None),
+            ("killed", Some(GateReason::Revoked)),
+            ("revoked", Some(GateReason::Revoked)),
+            ("old", Some(GateReason::Expired)),
+            ("lapsed", Some(GateReason::Expired)),
+            ("refused", Some(GateReason::Denied)),
+            ("garbled", Some(GateReason::Expired)),
+            ("gone", Some(GateReason::Revoked)),
+        ] {
+            assert_eq!(reason(g.check_at(&c, &naming(name), now())), want, "{name}");
+        }
+        let GateVerdict::Closed { message, .. } = g.check_at(&c, &naming("killed"), now()) else {
+            panic!("closed")
+        };
+        assert_eq!(message, "EphemeralIdentity agents/killed is revoked");
+        let nowhere = Principal {
+            namespace: None,
+            ..naming("live")
+        };
+        assert_eq!(
+            reason(g.check_at(&c, &nowhere, now())),
+            Some(GateReason::Denied)
+        );
+    }
+
+    #[test]
+    fn a_caller_with_an_identitys_service_account_token_is_checked_too() {
+        let g = gate(vec![
+            identity("live", false, IdentityPhase::Active, LATER),
+            identity("killed", true, IdentityPhase::Active, LATER),
+        ]);
+        let token_of = |sa: &str| Caller {
+            role: Role::Agent,
+            service_account: Some(ServiceAccountRef {
+                namespace: "agents".into(),
+                name: sa.into(),
+            }),
+            ..gateway()
+        };
+        let principal = Principal {
+            id: "system:serviceaccount:agents:x".into(),
+            ..Principal::default()
+        };
+        assert_eq!(
+            reason(g.check_at(&token_of("eid-killed-0123456789"), &principal, now())),
+            Some(GateReason::Revoked)
+        );
+        assert_eq!(
+            reason(g.check_at(&token_of("eid-live-0123456789"), &principal, now())),
+            None
+        );
+        // Not an identity's ServiceAccount: the policies decide.
+        assert_eq!(
+            reason(g.check_at(&token_of("support-bot"), &principal, now())),
+            None
+        );
+        assert_eq!(reason(g.check_at(&gateway(), &principal, now())), None);
+    }
+}

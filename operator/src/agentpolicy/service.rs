@@ -1,0 +1,224 @@
+//! The decision API of `overseer run`: the same router as `overseer serve`
+//! ([`crate::decision::router`]), answering from the engine the [`super::controller`] keeps equal
+//! to the cluster's policies. It runs on every replica (followers answer too), each with its own
+//! audit log and its own rate-limit and budget counters (see `docs/policies.md`).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::Args;
+use overseer_policy::{
+    approvals::InMemoryApprovals,
+    audit::{AuditConfig, AuditLog, FileSinkConfig},
+    compile::CompiledPolicies,
+    engine::Engine,
+    limits::{LimitState, LimitsConfig, Persister},
+};
+use prometheus_client::registry::Registry;
+
+use crate::decision::{DecisionMetrics, DecisionService, auth::Authenticator};
+
+/// Flags of `overseer run` for its decision API.
+#[derive(Debug, Clone, Args)]
+pub struct DecisionArgs {
+    /// Serve the decision API (`POST /v1/decisions`, `/v1/usage`, `/v1/approvals`,
+    /// `/openapi.json`) on this address, from the cluster's AgentPolicy and ClusterAgentPolicy
+    /// objects. Off when not given.
+    #[arg(long, env = "OVERSEER_DECISION_LISTEN")]
+    pub decision_listen: Option<SocketAddr>,
+    /// YAML file of API keys callers of the decision API present (the format of
+    /// `overseer serve --api-keys`). Required with --decision-listen.
+    #[arg(long, env = "OVERSEER_DECISION_API_KEYS")]
+    pub decision_api_keys: Option<PathBuf>,
+    /// Audit log file of the decision API (JSON lines, hash-chained, rotated by size); resumed
+    /// when it exists. Each replica needs its own file.
+    #[arg(long, env = "OVERSEER_DECISION_AUDIT_FILE")]
+    pub decision_audit_file: Option<PathBuf>,
+    /// Rotate the audit file when it grows past this many MiB.
+    #[arg(long, env = "OVERSEER_DECISION_AUDIT_MAX_MIB", default_value_t = DEFAULT_AUDIT_MAX_MIB, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub decision_audit_max_mib: u64,
+    /// Write every audit record to stdout (as well as to --decision-audit-file, if given).
+    #[arg(long, env = "OVERSEER_DECISION_AUDIT_STDOUT")]
+    pub decision_audit_stdout: bool,
+    /// File this replica persists its rate-limit and budget counters to (every second), so they
+    /// survive a restart of the process. Without it the counters live in memory only.
+    #[arg(long, env = "OVERSEER_DECISION_STATE_FILE")]
+    pub decision_state_file: Option<PathBuf>,
+}
+
+/// The audit file's default rotation size, in MiB.
+pub const DEFAULT_AUDIT_MAX_MIB: u64 = 100;
+
+impl Default for DecisionArgs {
+    /// The flags' defaults: the decision API off.
+    fn default() -> Self {
+        Self {
+            decision_listen: None,
+            decision_api_keys: None,
+            decision_audit_file: None,
+            decision_audit_max_mib: DEFAULT_AUDIT_MAX_MIB,
+            decision_audit_stdout: false,
+            decision_state_file: None,
+        }
+    }
+}
+
+impl DecisionArgs {
+    /// Check the relations between the flags.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(listen) = self.decision_listen else {
+            return Ok(());
+        };
+        if self.decision_api_keys.is_none() {
+            return Err(format!(
+                "--decision-listen {listen} needs --decision-api-keys FILE: the decision API never runs without authentication"
+            ));
+        }
+        if self.decision_audit_file.is_none() && !self.decision_audit_stdout {
+            return Err(
+                "--decision-listen needs an audit sink: --decision-audit-file FILE and/or --decision-audit-stdout"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The decision service of `overseer run` and what must be stopped with it.
+#[derive(Debug)]
+pub struct DecisionRuntime {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The service (router state).
+    pub service: Arc<DecisionService>,
+    persister: Option<Persister>,
+}
+
+/// The engine every replica keeps current: empty (default deny) until the policies have synced;
+/// counters restored from `--decision-state-file` when given.
+pub fn engine(args: &DecisionArgs) -> anyhow::Result<Arc<Engine>> {
+    let limits = match &args.decision_state_file {
+        Some(path) => LimitState::load(LimitsConfig::default(), path, Utc::now())
+            .with_context(|| format!("cannot restore counters from {}", path.display()))?,
+        None => LimitState::new(LimitsConfig::default()),
+    };
+    Ok(Arc::new(Engine::with_state(
+        CompiledPolicies::empty(),
+        Arc::new(limits),
+        Arc::new(InMemoryApprovals::default()),
+    )))
+}
+
+/// The readiness check that holds while the identity gate's cache has not synced.
+pub const CHECK_IDENTITIES: &str = "decision/identities";
+
+/// Build the decision service over `engine` when `--decision-listen` is given: authentication,
+/// the audit log, counter persistence, and metrics registered in `registry`; `cluster` adds the
+/// in-cluster pieces (the identity gate) and is only called when the service is enabled.
+pub fn build(
+    args: &DecisionArgs,
+    engine: Arc<Engine>,
+    registry: &mut Registry,
+    cluster: impl FnOnce(DecisionService) -> DecisionService,
+) -> anyhow::Result<Option<DecisionRuntime>> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let Some(listen) = args.decision_listen else {
+        return Ok(None);
+    };
+    let auth = match &args.decision_api_keys {
+        Some(path) => Authenticator::from_file(path)?,
+        None => anyhow::bail!("--decision-listen needs --decision-api-keys"),
+    };
+    let file = args.decision_audit_file.as_ref().map(|path| {
+        let mut file = FileSinkConfig::new(path);
+        file.max_bytes = args.decision_audit_max_mib.saturating_mul(1024 * 1024);
+        file
+    });
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file,
+            stdout: args.decision_audit_stdout,
+            ..AuditConfig::default()
+        })
+        .context("cannot open the decision audit log")?,
+    );
+    let persister = match &args.decision_state_file {
+        Some(path) => Some(
+            Persister::start(
+                engine.limits().clone(),
+                path.clone(),
+                Persister::DEFAULT_INTERVAL,
+            )
+            .with_context(|| format!("cannot persist counters to {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let metrics = DecisionMetrics::register(registry);
+    Ok(Some(DecisionRuntime {
+        listen,
+        service: Arc::new(cluster(DecisionService::new(engine, audit, auth, metrics))),
+        persister,
+    }))
+}
+
+impl DecisionRuntime {
+    /// The decision API's routes: the same router as `overseer serve`.
+    pub fn router(&self) -> axum::Router {
+        crate::decision::router(self.service.clone())
+    }
+
+    /// Flush the audit log and write the counters one last time (after the server stopped).
+    pub fn stop(self) -> anyhow::Result<()> {
+        let head = self
+            .service
+            .audit
+            .flush()
+            .map_err(|e| anyhow::anyhow!("cannot flush the audit log: {e}"))?;
+        tracing::info!(?head, "decision audit log flushed");
+        if let Some(persister) = self.persister {
+            persister
+                .stop()
+                .map_err(|e| anyhow::anyhow!("cannot persist counters: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decision_api_needs_keys_and_an_audit_sink() {
+        assert_eq!(DecisionArgs::default().validate(), Ok(()), "off by default");
+        let on = DecisionArgs {
+            decision_listen: Some("0.0.0.0:8181".parse().expect("addr")),
+            ..DecisionArgs::default()
+        };
+        assert!(
+            on.validate()
+                .expect_err("no keys")
+                .contains("--decision-api-keys")
+        );
+        let keys = DecisionArgs {
+            decision_api_keys: Some("keys.yaml".into()),
+            ..on.clone()
+        };
+        assert!(
+            keys.validate()
+                .expect_err("no audit")
+                .contains("audit sink")
+        );
+        let stdout = DecisionArgs {
+            decision_audit_stdout: true,
+            ..keys.clone()
+        };
+        assert_eq!(stdout.validate(), Ok(()));
+        let file = DecisionArgs {
+            decision_audit_file: Some("/var/lib/overseer/audit.jsonl".into()),
+            ..keys
+        };
+        assert_eq!(file.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,310 @@
+//! Load generator for `overseer gateway`: the latency the gateway adds to an MCP `tools/call`.
+//!
+//! * `gateway-loadgen upstream --listen ADDR` serves a minimal MCP Streamable HTTP server at
+//!   `/mcp` (`initialize` issues a session id, `tools/call` answers a small JSON result at once).
+//! * `gateway-loadgen load --url URL [--api-key KEY] --sessions N --seconds S` opens N MCP
+//!   sessions (each its own keep-alive HTTP/1.1 connection), then each sends `tools/call`s back to
+//!   back for S seconds after a warm-up, and prints latency percentiles (nearest rank) and
+//!   throughput as one JSON line. Every answer is checked: an error or a non-result fails the run.
+//!
+//! Run `load` once against the upstream directly and once through the gateway; the difference of
+//! the percentiles is what the gateway adds. It only connects to the URL it is given; use loopback.
+
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use axum::{
+    Router,
+    body::Bytes,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway-loadgen",
+    about = "Load generator for the Overseer MCP gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve a minimal MCP server at http://ADDR/mcp.
+    Upstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3300")]
+        listen: SocketAddr,
+    },
+    /// Measure tools/call latency against an MCP endpoint.
+    Load {
+        /// MCP endpoint (the upstream's `/mcp`, or the gateway's `/mcp/{name}`).
+        #[arg(long)]
+        url: String,
+        /// Bearer key (the gateway's agent key).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Concurrent sessions (one connection each).
+        #[arg(long, default_value_t = 16)]
+        sessions: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Warm-up seconds (not measured).
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Tool to call.
+        #[arg(long, default_value = "echo")]
+        tool: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway-loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Upstream { listen } => upstream(listen).await,
+            Cmd::Load {
+                url,
+                api_key,
+                sessions,
+                seconds,
+                warmup,
+                tool,
+            } => load(&url, api_key.as_deref(), sessions, seconds, warmup, &tool).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
+
+async fn mcp(headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let json_ct = [(header::CONTENT_TYPE, "application/json")];
+    match msg.get("method").and_then(Value::as_str) {
+        Some("initialize") => {
+            let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+            let body = json!({"jsonrpc":"2.0","id":id,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"loadgen-upstream","version":"1"}}});
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json".to_owned()),
+                    (
+                        header::HeaderName::from_static("mcp-session-id"),
+                        format!("loadgen-{n}"),
+                    ),
+                ],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Some(_) if id.is_null() => StatusCode::ACCEPTED.into_response(),
+        Some("tools/call") if headers.contains_key("mcp-session-id") => (
+            json_ct,
+            json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"ok"}]}})
+                .to_string(),
+        )
+            .into_response(),
+        _ => (
+            json_ct,
+            json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":"unsupported"}})
+                .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("MCP upstream on http://{listen}/mcp");
+    axum::serve(listener, Router::new().route("/mcp", post(mcp))).await?;
+    Ok(())
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+struct Session {
+    sender: Sender,
+    uri: hyper::Uri,
+    authorization: Option<String>,
+    id: Option<String>,
+}
+
+impl Session {
+    async fn connect(uri: &hyper::Uri, key: Option<&str>) -> anyhow::Result<Self> {
+        let authority = uri.authority().context("the URL has no host")?.as_str();
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Self {
+            sender,
+            uri: uri.clone(),
+            authorization: key.map(|k| format!("Bearer {k}")),
+            id: None,
+        })
+    }
+
+    async fn post(&mut self, body: Vec<u8>) -> anyhow::Result<(HeaderMap, Bytes)> {
+        let mut b = Request::post(self.uri.clone())
+            .header(
+                header::HOST,
+                self.uri.authority().map_or("", |a| a.as_str()),
+            )
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(a) = &self.authorization {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        if let Some(id) = &self.id {
+            b = b.header("mcp-session-id", id);
+        }
+        self.sender.ready().await?;
+        let response = self
+            .sender
+            .send_request(b.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok((headers, bytes))
+    }
+
+    async fn initialize(&mut self) -> anyhow::Result<()> {
+        let (headers, _) = self
+            .post(
+                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"gateway-loadgen","version":"1"}}})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await?;
+        self.id = headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.post(
+            json!({"jsonrpc":"2.0","method":"notifications/initialized"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn load(
+    url: &str,
+    key: Option<&str>,
+    sessions: usize,
+    seconds: u64,
+    warmup: u64,
+    tool: &str,
+) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url.parse().context("--url is not a URL")?;
+    let start = Instant::now() + Duration::from_millis(200);
+    let measure_from = start + Duration::from_secs(warmup);
+    let end = measure_from + Duration::from_secs(seconds);
+    let tool = Arc::<str>::from(tool);
+    let mut tasks = Vec::with_capacity(sessions);
+    for s in 0..sessions {
+        let mut session = Session::connect(&uri, key).await?;
+        session.initialize().await?;
+        let tool = Arc::clone(&tool);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
+            let mut n: u64 = 0;
+            tokio::time::sleep_until(start.into()).await;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                n += 1;
+                let body = format!(
+                    r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"hello from session {s}"}}}}}}"#
+                );
+                let (_, answer) = session.post(body.into_bytes()).await?;
+                let took = now.elapsed();
+                let v: Value = serde_json::from_slice(&answer)?;
+                if v.get("result").is_none() || v.get("id") != Some(&json!(n)) {
+                    bail!("unexpected answer: {}", String::from_utf8_lossy(&answer));
+                }
+                if now >= measure_from {
+                    latencies.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let out = json!({
+        "url": url,
+        "sessions": sessions,
+        "seconds": seconds,
+        "calls": all.len(),
+        "callsPerSecond": all.len() as f64 / seconds as f64,
+        "p50Us": us(percentile(&all, 50.0)),
+        "p90Us": us(percentile(&all, 90.0)),
+        "p99Us": us(percentile(&all, 99.0)),
+        "p999Us": us(percentile(&all, 99.9)),
+        "maxUs": us(all.last().copied().unwrap_or(0)),
+    });
+    println!("{out}");
+    Ok(())
+}

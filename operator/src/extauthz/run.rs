@@ -1,0 +1,293 @@
+//! `overseer ext-authz`: flags and start-up.
+//!
+//! Two ways to decide, as for `overseer gateway`:
+//! * `--decision-url URL` (with `--decision-api-key-file`, a `gateway` role key): ask a decision
+//!   service under `--decision-timeout-ms`, failing closed. Decisions are audited by the decision
+//!   service; what ext-authz answers itself (refusals, MCP protocol messages, fail-closed denials)
+//!   goes to `--audit-file`.
+//! * `--policies DIR` alone: decide in-process; decisions and refusals share `--audit-file`, and
+//!   the decision API (approval review, usage, `/metrics`) is served on `--decision-listen` from
+//!   the same engine. The policies are read once at start-up (restart to change them; a decision
+//!   service reloads on change).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser};
+use overseer_policy::audit::{AuditConfig, AuditLog, FileSinkConfig};
+use prometheus_client::registry::Registry;
+
+use super::{ExtAuthz, ExtAuthzConfig};
+use crate::{
+    decision::{auth::Authenticator, standalone::ServeArgs},
+    gateway::decider::{Decider, LocalDecider, RemoteDecider},
+};
+
+/// Flags of `overseer ext-authz`.
+#[derive(Debug, Clone, Args)]
+pub struct ExtAuthzArgs {
+    /// Address the gRPC `envoy.service.auth.v3.Authorization` service listens on.
+    #[arg(
+        long,
+        env = "OVERSEER_EXTAUTHZ_LISTEN",
+        default_value = "127.0.0.1:9191"
+    )]
+    pub listen: SocketAddr,
+    /// YAML file of API keys (the decision service's format); agents present an `agent` key as
+    /// `Authorization: Bearer`, trusted proxies a `gateway` key plus `x-overseer-agent`.
+    #[arg(long, env = "OVERSEER_EXTAUTHZ_API_KEYS")]
+    pub api_keys: PathBuf,
+    /// Decision service to ask (`http://host:port`); without it, decide in-process.
+    #[arg(long, env = "OVERSEER_DECISION_URL")]
+    pub decision_url: Option<String>,
+    /// File holding this service's own API key (role `gateway`) for the decision service.
+    #[arg(
+        long,
+        env = "OVERSEER_DECISION_API_KEY_FILE",
+        requires = "decision_url"
+    )]
+    pub decision_api_key_file: Option<PathBuf>,
+    /// How long to wait for a decision before denying (`decision_service_unavailable`). Keep it
+    /// below the `timeout` of Envoy's ext_authz `grpc_service`.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub decision_timeout_ms: u64,
+    /// Policy directory to decide in-process from (without --decision-url).
+    #[arg(long, env = "OVERSEER_POLICIES", conflicts_with = "decision_url")]
+    pub policies: Option<PathBuf>,
+    /// In-process mode: where the decision API (approvals, usage, metrics) is served.
+    #[arg(long, default_value = "127.0.0.1:8183")]
+    pub decision_listen: SocketAddr,
+    /// In-process mode: API keys of the decision API (approvers review approvals with them);
+    /// default: --api-keys.
+    #[arg(long)]
+    pub decision_api_keys: Option<PathBuf>,
+    /// Audit log (JSON lines, hash-chained).
+    #[arg(
+        long,
+        env = "OVERSEER_AUDIT_FILE",
+        default_value = "overseer-extauthz-audit.jsonl"
+    )]
+    pub audit_file: PathBuf,
+    /// Also write every audit record to stdout (for log collectors).
+    #[arg(long)]
+    pub audit_stdout: bool,
+    /// In-process mode: file the rate-limit and budget counters are persisted to.
+    #[arg(long, default_value = "overseer-extauthz-limits.json")]
+    pub state_file: PathBuf,
+    /// Path of an MCP Streamable HTTP endpoint behind Envoy (repeatable; paths below it count).
+    /// Requests to other paths are decided as the tool `"<METHOD> <path>"`.
+    #[arg(long = "mcp-path", default_value = "/mcp")]
+    pub mcp_paths: Vec<String>,
+    /// MCP server named in decisions when the route's `context_extensions` do not set
+    /// `mcp_server`.
+    #[arg(long, env = "OVERSEER_MCP_SERVER")]
+    pub mcp_server: Option<String>,
+    /// Header naming the MCP server. Only for a header Envoy itself sets (overwriting what the
+    /// agent sent); otherwise an agent could choose the server its calls are decided for.
+    #[arg(long)]
+    pub mcp_server_header: Option<String>,
+    /// Namespace of the agents behind this Envoy (for a sidecar: its pod's namespace), so
+    /// namespaced AgentPolicy objects govern them.
+    #[arg(long, env = "OVERSEER_AGENT_NAMESPACE")]
+    pub agent_namespace: Option<String>,
+    /// Largest request body read, in KiB (set Envoy's `with_request_body.max_request_bytes` to
+    /// at most this).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_body_kib: u64,
+}
+
+impl ExtAuthzArgs {
+    /// How requests are read.
+    pub fn config(&self) -> ExtAuthzConfig {
+        ExtAuthzConfig {
+            mcp_paths: self.mcp_paths.clone(),
+            default_server: self.mcp_server.clone().filter(|s| !s.is_empty()),
+            server_header: self.mcp_server_header.clone().filter(|s| !s.is_empty()),
+            max_body: usize::try_from(self.max_body_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
+            agent_namespace: self.agent_namespace.clone().filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Wraps [`ServeArgs`] so in-process mode builds the decision service exactly as `overseer
+/// serve` does.
+#[derive(Debug, Parser)]
+struct ServeWrapper {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn serve_args(args: &ExtAuthzArgs, policies: &std::path::Path) -> anyhow::Result<ServeArgs> {
+    let keys = args.decision_api_keys.as_ref().unwrap_or(&args.api_keys);
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--policies".into(),
+        policies.as_os_str().to_owned(),
+        "--listen".into(),
+        args.decision_listen.to_string().into(),
+        "--api-keys".into(),
+        keys.as_os_str().to_owned(),
+        "--audit-file".into(),
+        args.audit_file.as_os_str().to_owned(),
+        "--state-file".into(),
+        args.state_file.as_os_str().to_owned(),
+    ];
+    if args.audit_stdout {
+        argv.push("--audit-stdout".into());
+    }
+    Ok(ServeWrapper::try_parse_from(argv)
+        .context("cannot set up the in-process decision service")?
+        .serve)
+}
+
+/// `overseer ext-authz`: serve checks until `shutdown` resolves.
+pub async fn run_ext_authz(
+    args: ExtAuthzArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let auth = Authenticator::from_file(&args.api_keys)?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut side_server = None;
+    let (decider, audit): (Arc<dyn Decider>, Arc<AuditLog>) = match &args.decision_url {
+        Some(url) => {
+            let key = match &args.decision_api_key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let audit = Arc::new(
+                AuditLog::open(AuditConfig {
+                    file: Some(FileSinkConfig::new(&args.audit_file)),
+                    stdout: args.audit_stdout,
+                    ..AuditConfig::default()
+                })
+                .with_context(|| format!("cannot open {}", args.audit_file.display()))?,
+            );
+            let remote = RemoteDecider::new(
+                url,
+                key.as_deref(),
+                Duration::from_millis(args.decision_timeout_ms),
+            )?
+            .with_audit(Arc::clone(&audit));
+            (Arc::new(remote), audit)
+        }
+        None => {
+            let Some(dir) = &args.policies else {
+                bail!(
+                    "give --decision-url URL (ask a decision service) or --policies DIR (decide in-process)"
+                );
+            };
+            let serve = serve_args(&args, dir)?;
+            let mut registry = Registry::with_prefix(crate::metrics::PREFIX);
+            let (service, _catalog, _dir, persister) =
+                crate::decision::standalone::build(&serve, &mut registry)?;
+            let local = LocalDecider::new(Arc::clone(&service.engine), Arc::clone(&service.audit));
+            let app = crate::decision::router(Arc::clone(&service))
+                .merge(crate::metrics::registry_router(Arc::new(registry)));
+            let listener = tokio::net::TcpListener::bind(args.decision_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.decision_listen))?;
+            tracing::info!(listen = %args.decision_listen, "decision API (approvals, usage) ready");
+            let mut rx = shutdown_rx.clone();
+            side_server = Some((
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        })
+                        .await
+                }),
+                persister,
+            ));
+            (Arc::new(local), Arc::clone(&service.audit))
+        }
+    };
+
+    let service = ExtAuthz::new(decider, auth, args.config());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, mcp_paths = ?args.mcp_paths, "ext_authz gRPC service ready");
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                shutdown.await;
+                let _ = shutdown_tx.send(true);
+            },
+        )
+        .await
+        .context("the ext_authz service failed")?;
+    if let Some((server, persister)) = side_server {
+        let _ = server.await;
+        persister
+            .stop()
+            .map_err(|e| anyhow::anyhow!("cannot persist counters: {e}"))?;
+    }
+    let head = audit
+        .flush()
+        .map_err(|e| anyhow::anyhow!("cannot flush the audit log: {e}"))?;
+    tracing::info!(?head, "audit log flushed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ExtAuthzArgs,
+    }
+
+    #[test]
+    fn flags_become_the_config() {
+        let w = Wrapper::try_parse_from([
+            "ext-authz",
+            "--api-keys",
+            "keys.yaml",
+            "--decision-url",
+            "http://decisions:8181",
+            "--mcp-path",
+            "/mcp",
+            "--mcp-path",
+            "/tools",
+            "--mcp-server",
+            "ledger",
+            "--agent-namespace",
+            "agents",
+            "--max-body-kib",
+            "64",
+        ])
+        .expect("parses");
+        let config = w.args.config();
+        assert_eq!(config.mcp_paths, ["/mcp", "/tools"]);
+        assert_eq!(config.default_server.as_deref(), Some("ledger"));
+        assert_eq!(config.agent_namespace.as_deref(), Some("agents"));
+        assert_eq!(config.max_body, 64 * 1024);
+        assert_eq!(w.args.listen.port(), 9191);
+        let defaults = Wrapper::try_parse_from(["ext-authz", "--api-keys", "k"]).expect("parses");
+        assert_eq!(defaults.args.config().mcp_paths, ["/mcp"]);
+        assert!(
+            Wrapper::try_parse_from([
+                "ext-authz",
+                "--api-keys",
+                "k",
+                "--policies",
+                "p",
+                "--decision-url",
+                "http://x:1"
+            ])
+            .is_err(),
+            "in-process and remote exclude each other"
+        );
+    }
+}
