@@ -6,10 +6,15 @@
 //!   MCP methods, notifications and responses pass through; methods the gateway does not know
 //!   are refused (`-32601`) and never forwarded. Batches are refused (removed in 2025-06-18).
 //! * `GET` opens the server-initiated SSE stream, `DELETE` ends a session; both stream through.
-//! * The caller authenticates with `Authorization: Bearer <API key>` (an `agent` key); that
-//!   header never reaches the upstream, which gets its own configured credential instead.
-//! * `Mcp-Session-Id`s the upstream issues are bound to the agent that initialized them: another
-//!   agent presenting one is refused (403), an id the gateway never saw is unknown (404).
+//! * The caller authenticates with `Authorization: Bearer <credential>`: an `agent` API key, or
+//!   (with a [`TokenReviewer`]) its Kubernetes ServiceAccount or `EphemeralIdentity` token,
+//!   reviewed with the TokenReview API when the credential is no known API key. A ServiceAccount
+//!   caller is the principal `system:serviceaccount:NS:NAME` of namespace `NS` and
+//!   serviceAccount `NAME` ([`Caller::check_principal`]). A review that cannot be done fails
+//!   closed (503). That header never reaches the upstream, which gets its own configured
+//!   credential instead, and the token is never logged or audited.
+//! * `Mcp-Session-Id`s the upstream issues are bound to the principal that initialized them:
+//!   another agent presenting one is refused (403), an id the gateway never saw is unknown (404).
 //! * Every refusal is written to the audit trail; every decision is audited by the decider.
 
 use std::{
@@ -45,7 +50,10 @@ use super::{
     decider::{Decider, Verdict, audit_input, refusal_event},
     jsonrpc::{self, Message},
 };
-use crate::decision::auth::{Authenticator, Role};
+use crate::decision::{
+    auth::{self, AuthError, Authenticator, Caller, Role},
+    tokenreview::TokenReviewer,
+};
 
 /// The session header.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -88,6 +96,7 @@ const HOP_BY_HOP: &[&str] = &[
 pub struct Gateway {
     decider: Arc<dyn Decider>,
     auth: Authenticator,
+    tokens: Option<TokenReviewer>,
     upstreams: HashMap<String, Upstream>,
     namespace: Option<String>,
     max_body: usize,
@@ -97,13 +106,15 @@ pub struct Gateway {
 
 #[derive(Debug, Default)]
 struct Sessions {
-    owners: HashMap<(String, String), Arc<str>>,
+    /// The principal that initialized each `(upstream, session)`.
+    owners: HashMap<(String, String), Arc<Principal>>,
     order: VecDeque<(String, String)>,
 }
 
 impl Gateway {
     /// A gateway deciding with `decider`, authenticating agents with `auth` (API keys of role
-    /// `agent`), proxying to `upstreams`; agents get principal namespace `namespace`.
+    /// `agent`), proxying to `upstreams`; API-key agents get principal namespace `namespace`.
+    /// Add [`Self::with_token_review`] to accept Kubernetes tokens too.
     pub fn new(
         decider: Arc<dyn Decider>,
         auth: Authenticator,
@@ -118,6 +129,7 @@ impl Gateway {
         Self {
             decider,
             auth,
+            tokens: None,
             upstreams,
             namespace,
             max_body: DEFAULT_MAX_BODY_BYTES,
@@ -132,7 +144,57 @@ impl Gateway {
         self
     }
 
-    fn bind_session(&self, upstream: &str, session: &str, principal: &str) {
+    /// Also accept Kubernetes ServiceAccount (and `EphemeralIdentity`) tokens, reviewed by
+    /// `reviewer`, from callers whose bearer credential is no known API key.
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.tokens = Some(reviewer);
+        self
+    }
+
+    /// Authenticate the `Authorization` header: an API key first, then (when configured) a
+    /// Kubernetes token through TokenReview, as the decision service does.
+    async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        match self.auth.authenticate(authorization) {
+            Err(AuthError::Unknown) => match (&self.tokens, auth::bearer(authorization)) {
+                (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
+                _ => Err(AuthError::Unknown),
+            },
+            other => other,
+        }
+    }
+
+    /// The principal an authenticated agent acts as: an API key's `agent` (in the configured
+    /// namespace), or a ServiceAccount's `system:serviceaccount:NS:NAME` with its namespace and
+    /// serviceAccount. `Err` says why the caller is not admitted.
+    fn principal_of(&self, caller: &Caller) -> Result<Principal, String> {
+        let not_an_agent = || {
+            format!(
+                "{} is not an agent; the gateway only admits agents (role: agent)",
+                caller.name
+            )
+        };
+        if caller.role != Role::Agent {
+            return Err(not_an_agent());
+        }
+        let mut principal = match (&caller.service_account, caller.agent.as_deref()) {
+            // Filled in (id, namespace, serviceAccount) by `check_principal`.
+            (Some(_), _) => Principal {
+                kind: Some(PrincipalKind::ServiceAccount),
+                ..Principal::default()
+            },
+            (None, Some(agent)) => Principal {
+                id: agent.to_owned(),
+                kind: Some(PrincipalKind::Agent),
+                namespace: self.namespace.clone(),
+                ..Principal::default()
+            },
+            (None, None) => return Err(not_an_agent()),
+        };
+        caller.check_principal(&mut principal)?;
+        Ok(principal)
+    }
+
+    fn bind_session(&self, upstream: &str, session: &str, principal: &Principal) {
         let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (upstream.to_owned(), session.to_owned());
         if s.owners.contains_key(&key) {
@@ -143,11 +205,11 @@ impl Gateway {
         {
             s.owners.remove(&old);
         }
-        s.owners.insert(key.clone(), principal.into());
+        s.owners.insert(key.clone(), Arc::new(principal.clone()));
         s.order.push_back(key);
     }
 
-    fn session_owner(&self, upstream: &str, session: &str) -> Option<Arc<str>> {
+    fn session_owner(&self, upstream: &str, session: &str) -> Option<Arc<Principal>> {
         let s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         s.owners
             .get(&(upstream.to_owned(), session.to_owned()))
@@ -275,49 +337,31 @@ async fn handle(
         session: session.clone(),
     };
 
-    // Authenticate the agent.
+    // Authenticate the agent (the credential itself is never logged, audited or forwarded).
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = match gateway.auth.authenticate(authorization) {
+    let caller = match gateway.authenticate(authorization).await {
         Ok(c) => c,
-        Err(e) => {
-            let mut response = call
-                .refuse(
-                    StatusCode::UNAUTHORIZED,
-                    &Value::Null,
-                    jsonrpc::UNAUTHORIZED,
-                    AuditResult::Deny,
-                    &format!("unauthenticated: {e}"),
-                    None,
-                )
-                .await;
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
+        Err(e) => return unauthenticated(&call, &e).await,
     };
-    let agent = match (caller.role, caller.agent.as_deref()) {
-        (Role::Agent, Some(agent)) => agent.to_owned(),
-        _ => {
+    let principal = match gateway.principal_of(&caller) {
+        Ok(p) => p,
+        Err(why) => {
             return call
                 .refuse(
                     StatusCode::FORBIDDEN,
                     &Value::Null,
                     jsonrpc::UNAUTHORIZED,
                     AuditResult::Deny,
-                    &format!(
-                        "{} is not an agent key; the gateway only admits agents (role: agent)",
-                        caller.name
-                    ),
+                    &why,
                     None,
                 )
                 .await;
         }
     };
-    call.principal = Some(&agent);
-    if !upstream.admits(&agent) {
+    call.principal = Some(&principal.id);
+    if !upstream.admits(&principal.id) {
         return call
             .refuse(
                 StatusCode::FORBIDDEN,
@@ -325,18 +369,18 @@ async fn handle(
                 jsonrpc::UNAUTHORIZED,
                 AuditResult::Deny,
                 &format!(
-                    "agent {agent:?} may not reach MCP server {:?}",
-                    upstream.name
+                    "agent {:?} may not reach MCP server {:?}",
+                    principal.id, upstream.name
                 ),
                 None,
             )
             .await;
     }
 
-    // A session belongs to the agent that initialized it.
+    // A session belongs to the principal that initialized it.
     if let Some(sid) = &session {
         match gateway.session_owner(&upstream.name, sid) {
-            Some(owner) if *owner == *agent => {}
+            Some(owner) if *owner == principal => {}
             Some(_) => {
                 return call
                     .refuse(
@@ -365,7 +409,7 @@ async fn handle(
     }
 
     match method {
-        Method::POST => post(&call, &agent, &uri, &headers, body).await,
+        Method::POST => post(&call, &principal, &uri, &headers, body).await,
         Method::GET | Method::DELETE => {
             if method == Method::GET && session.is_none() {
                 // Without a session there is no stream to resume; the spec allows 405.
@@ -393,18 +437,52 @@ async fn handle(
     }
 }
 
-fn principal(gateway: &Gateway, agent: &str) -> Principal {
-    Principal {
-        id: agent.to_owned(),
-        kind: Some(PrincipalKind::Agent),
-        namespace: gateway.namespace.clone(),
-        ..Principal::default()
+/// Refuse a caller that did not authenticate: 401 (with `WWW-Authenticate: Bearer`) for a
+/// missing, unknown, invalid or expired credential, 403 for a token whose user has no role, and
+/// 503 when the token could not be reviewed (fail closed). Audited without the credential.
+async fn unauthenticated(call: &Call<'_>, error: &AuthError) -> Response {
+    let status = match error {
+        AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AuthError::NoRole(_) => StatusCode::FORBIDDEN,
+        AuthError::Missing | AuthError::Unknown | AuthError::Rejected(_) => {
+            StatusCode::UNAUTHORIZED
+        }
+    };
+    let reason = match error {
+        AuthError::NoRole(user) => format!(
+            "{}: {user} is authenticated but is not a ServiceAccount; the gateway admits agents \
+             only (an agent API key, or a ServiceAccount / EphemeralIdentity token)",
+            error.code()
+        ),
+        _ => format!("{}: {error}", error.code()),
+    };
+    let mut response = call
+        .refuse(
+            status,
+            &Value::Null,
+            jsonrpc::UNAUTHORIZED,
+            AuditResult::Deny,
+            &reason,
+            None,
+        )
+        .await;
+    // An audit failure is answered 503 by `refuse`; only a real 401 asks for credentials.
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 async fn post(
     call: &Call<'_>,
-    agent: &str,
+    principal: &Principal,
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
@@ -490,7 +568,7 @@ async fn post(
                             .get(SESSION_HEADER)
                             .and_then(|v| v.to_str().ok())
                     {
-                        gateway.bind_session(&call.upstream.name, sid, agent);
+                        gateway.bind_session(&call.upstream.name, sid, principal);
                     }
                     stream_back(response)
                 }
@@ -498,10 +576,10 @@ async fn post(
             }
         }
         Message::Request { id, method, .. } if method == "tools/list" => {
-            list_tools(call, agent, uri, headers, bytes, id).await
+            list_tools(call, principal, uri, headers, bytes, id).await
         }
         Message::Request { id, method, params } if method == "tools/call" => {
-            call_tool(call, agent, uri, headers, bytes, id, params).await
+            call_tool(call, principal, uri, headers, bytes, id, params).await
         }
         Message::Request { .. } => pass(call, uri, headers, bytes, None).await,
     }
@@ -529,7 +607,7 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 
 async fn call_tool(
     call: &Call<'_>,
-    agent: &str,
+    principal: &Principal,
     uri: &Uri,
     headers: &HeaderMap,
     bytes: Bytes,
@@ -570,7 +648,7 @@ async fn call_tool(
         cost_micro_usd: cost.unwrap_or(0),
     });
     let request = DecisionRequest {
-        principal: principal(gateway, agent),
+        principal: principal.clone(),
         tool: tool.to_owned(),
         server: Some(call.upstream.name.clone()),
         arguments,
@@ -667,7 +745,7 @@ fn refusal(id: &Value, verdict: &Verdict) -> Response {
 
 async fn list_tools(
     call: &Call<'_>,
-    agent: &str,
+    principal: &Principal,
     uri: &Uri,
     headers: &HeaderMap,
     bytes: Bytes,
@@ -678,13 +756,12 @@ async fn list_tools(
         Ok(r) => r,
         Err(e) => return e.into_response(call, Some(&id)).await,
     };
-    let principal = principal(gateway, agent);
     let server = call.upstream.name.as_str();
     // A decider without a view of the policies (`None`) leaves the list as it is.
     if !response.status().is_success()
         || gateway
             .decider
-            .may_allow(&principal, Some(server), "")
+            .may_allow(principal, Some(server), "")
             .is_none()
     {
         return stream_back(response);
@@ -712,7 +789,7 @@ async fn list_tools(
                 t.get("name").and_then(Value::as_str).is_some_and(|name| {
                     gateway
                         .decider
-                        .may_allow(&principal, Some(server), name)
+                        .may_allow(principal, Some(server), name)
                         .unwrap_or(true)
                 })
             });

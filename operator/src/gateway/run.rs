@@ -7,11 +7,21 @@
 //!   `--audit-file`.
 //! * `--policies DIR` alone: decide in-process. The decision API (approvals review, usage,
 //!   `/metrics`) is then served on `--decision-listen` from the same engine and audit log.
+//!
+//! Agents authenticate with an `agent` API key (`--api-keys`) and/or, with `--token-review`,
+//! with their Kubernetes ServiceAccount or `EphemeralIdentity` token, reviewed with the
+//! TokenReview API of the cluster the gateway runs in (at least one of the two is required).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser};
+use clap::{Args, Parser, builder::TypedValueParser as _};
 use overseer_policy::{
     audit::{AuditConfig, AuditLog, FileSinkConfig},
     engine::Engine,
@@ -23,10 +33,20 @@ use super::{
     decider::{Decider, LocalDecider, RemoteDecider},
     proxy::{self, Gateway},
 };
-use crate::decision::{auth::Authenticator, standalone::ServeArgs};
+use crate::decision::{
+    auth::Authenticator,
+    standalone::ServeArgs,
+    tokenreview::{TokenReviewConfig, TokenReviewer},
+};
 
 /// Flags of `overseer gateway`.
 #[derive(Debug, Clone, Args)]
+#[command(group(
+    clap::ArgGroup::new("agent_authentication")
+        .args(["api_keys", "token_review"])
+        .required(true)
+        .multiple(true)
+))]
 pub struct GatewayArgs {
     /// Gateway configuration (upstream MCP servers, their credentials, who may reach them).
     #[arg(long, env = "OVERSEER_GATEWAY_CONFIG")]
@@ -39,8 +59,40 @@ pub struct GatewayArgs {
     )]
     pub listen: SocketAddr,
     /// YAML file of API keys (the decision service's format); agents present an `agent` key.
-    #[arg(long, env = "OVERSEER_GATEWAY_API_KEYS")]
+    /// Required unless --token-review is given.
+    // Not given: the empty path (`api_keys_file()` is `None`). Kept a `PathBuf` so code reading
+    // the flag (e.g. the manifest tests) keeps working.
+    #[arg(
+        long,
+        env = "OVERSEER_GATEWAY_API_KEYS",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
+    )]
     pub api_keys: PathBuf,
+    /// Also authenticate agents by their Kubernetes ServiceAccount or EphemeralIdentity token
+    /// (`Authorization: Bearer <token>`), reviewed with the TokenReview API of the cluster
+    /// (in-cluster configuration, else KUBECONFIG). Needs RBAC `create` on
+    /// `tokenreviews.authentication.k8s.io`.
+    #[arg(long)]
+    pub token_review: bool,
+    /// With --token-review: an audience the token must be meant for (repeatable); none: the API
+    /// server's own audiences.
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        requires = "token_review"
+    )]
+    pub token_audiences: Vec<String>,
+    /// With --token-review: seconds an accepted token is trusted before it is reviewed again (a
+    /// revoked token keeps authenticating for at most this long).
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300),
+        requires = "token_review"
+    )]
+    pub token_cache_ttl_seconds: u64,
     /// Decision service to ask (`http://host:port`); without it, decide in-process.
     #[arg(long, env = "OVERSEER_DECISION_URL")]
     pub decision_url: Option<String>,
@@ -81,6 +133,22 @@ pub struct GatewayArgs {
     pub max_body_kib: u64,
 }
 
+impl GatewayArgs {
+    /// The API-key file, when one is given.
+    pub fn api_keys_file(&self) -> Option<&Path> {
+        (!self.api_keys.as_os_str().is_empty()).then_some(self.api_keys.as_path())
+    }
+
+    /// The TokenReview settings of `--token-review`, when it is given.
+    pub fn token_review_config(&self) -> Option<TokenReviewConfig> {
+        self.token_review.then(|| TokenReviewConfig {
+            audiences: self.token_audiences.clone(),
+            ttl: Duration::from_secs(self.token_cache_ttl_seconds),
+            ..TokenReviewConfig::default()
+        })
+    }
+}
+
 /// Wraps [`ServeArgs`] so in-process mode builds the decision service exactly as `overseer
 /// serve` does (every flag it adds keeps its default).
 #[derive(Debug, Parser)]
@@ -89,8 +157,17 @@ struct ServeWrapper {
     serve: ServeArgs,
 }
 
-fn serve_args(args: &GatewayArgs, policies: &std::path::Path) -> anyhow::Result<ServeArgs> {
-    let keys = args.decision_api_keys.as_ref().unwrap_or(&args.api_keys);
+fn serve_args(args: &GatewayArgs, policies: &Path) -> anyhow::Result<ServeArgs> {
+    let Some(keys) = args
+        .decision_api_keys
+        .as_deref()
+        .or_else(|| args.api_keys_file())
+    else {
+        bail!(
+            "in-process mode serves the decision API (approvals review, usage) on --decision-listen, \
+             which needs API keys: give --decision-api-keys FILE (or --api-keys FILE)"
+        );
+    };
     let argv = [
         "serve".into(),
         "--policies".into(),
@@ -104,7 +181,7 @@ fn serve_args(args: &GatewayArgs, policies: &std::path::Path) -> anyhow::Result<
         "--state-file".into(),
         args.state_file.as_os_str().to_owned(),
     ];
-    let argv: Vec<std::ffi::OsString> = argv.into_iter().collect();
+    let argv: Vec<OsString> = argv.into_iter().collect();
     Ok(ServeWrapper::try_parse_from(argv)
         .context("cannot set up the in-process decision service")?
         .serve)
@@ -126,7 +203,29 @@ pub async fn run_gateway(
         .agent_namespace
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok());
-    let auth = Authenticator::from_file(&args.api_keys)?;
+    let auth = match args.api_keys_file() {
+        Some(path) => Authenticator::from_file(path)?,
+        None if args.token_review => Authenticator::no_keys(),
+        None => bail!(
+            "agents cannot authenticate: give --api-keys FILE (agent API keys) and/or \
+             --token-review (Kubernetes ServiceAccount / EphemeralIdentity tokens)"
+        ),
+    };
+    let tokens = match args.token_review_config() {
+        Some(config) => {
+            let client = kube::Client::try_default().await.context(
+                "--token-review needs a Kubernetes API server to review agent tokens, but no \
+                 in-cluster configuration or KUBECONFIG was found",
+            )?;
+            tracing::info!(
+                audiences = ?config.audiences,
+                ttl_seconds = config.ttl.as_secs(),
+                "agents may authenticate with Kubernetes tokens (TokenReview)"
+            );
+            Some(TokenReviewer::new(client, config))
+        }
+        None => None,
+    };
     let deadline = Duration::from_millis(args.decision_timeout_ms);
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -199,8 +298,11 @@ pub async fn run_gateway(
 
     let max_body = usize::try_from(args.max_body_kib.saturating_mul(1024)).unwrap_or(usize::MAX);
     let names: Vec<String> = upstreams.keys().cloned().collect();
-    let gateway =
-        Arc::new(Gateway::new(decider, auth, upstreams, namespace).with_max_body(max_body));
+    let mut gateway = Gateway::new(decider, auth, upstreams, namespace).with_max_body(max_body);
+    if let Some(reviewer) = tokens {
+        gateway = gateway.with_token_review(reviewer);
+    }
+    let gateway = Arc::new(gateway);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -227,7 +329,7 @@ pub async fn run_gateway(
 
 /// Compile a policy directory (for tools/list filtering in remote mode).
 fn compile_dir(
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> anyhow::Result<(overseer_policy::compile::CompiledPolicies, Vec<String>)> {
     let mut catalog = crate::decision::catalog::PolicyCatalog::new();
     let mut pd = crate::decision::files::PolicyDir::new(dir);
@@ -244,4 +346,109 @@ fn compile_dir(
             .map(|r| r.message()),
     );
     Ok((rebuild.compilation.compiled, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<GatewayArgs, clap::Error> {
+        Wrapper::try_parse_from(
+            ["gateway", "--config", "gateway.yaml"]
+                .iter()
+                .chain(flags)
+                .copied(),
+        )
+        .map(|w| w.gateway)
+    }
+
+    #[test]
+    fn api_keys_alone_keep_working() {
+        let args = parse(&["--api-keys", "keys.yaml"]).expect("parses");
+        assert_eq!(args.api_keys_file(), Some(Path::new("keys.yaml")));
+        assert!(!args.token_review);
+        assert_eq!(args.token_review_config(), None);
+    }
+
+    #[test]
+    fn token_review_makes_api_keys_optional() {
+        let args = parse(&[
+            "--token-review",
+            "--token-audience",
+            "overseer-gateway",
+            "--token-audience=mcp",
+            "--token-cache-ttl-seconds",
+            "30",
+        ])
+        .expect("parses");
+        assert_eq!(args.api_keys_file(), None);
+        let config = args.token_review_config().expect("token review");
+        assert_eq!(config.audiences, ["overseer-gateway", "mcp"]);
+        assert_eq!(config.ttl, Duration::from_secs(30));
+        // Both together: API keys first, then tokens.
+        let both = parse(&["--token-review", "--api-keys", "keys.yaml"]).expect("parses");
+        assert_eq!(both.api_keys_file(), Some(Path::new("keys.yaml")));
+        assert_eq!(
+            both.token_review_config().map(|c| (c.audiences, c.ttl)),
+            Some((Vec::new(), Duration::from_secs(10)))
+        );
+    }
+
+    #[test]
+    fn one_way_to_authenticate_is_required() {
+        let err = parse(&[]).expect_err("no authentication");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let text = err.to_string();
+        assert!(
+            text.contains("--api-keys") && text.contains("--token-review"),
+            "{text}"
+        );
+        // Token flags without --token-review say what is missing.
+        for flags in [
+            &["--api-keys", "k.yaml", "--token-audience", "a"][..],
+            &["--api-keys", "k.yaml", "--token-cache-ttl-seconds", "5"][..],
+        ] {
+            let err = parse(flags).expect_err("needs --token-review");
+            assert!(err.to_string().contains("--token-review"), "{err}");
+        }
+        assert!(parse(&["--token-review", "--token-cache-ttl-seconds", "0"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn without_keys_or_token_review_the_gateway_says_what_to_give() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &config,
+            "upstreams: [{name: a, url: 'http://127.0.0.1:9/mcp'}]",
+        )
+        .expect("write");
+        // What a caller building the flags in code (not through clap) could pass.
+        let mut args = parse(&["--api-keys", "unused"]).expect("parses");
+        args.config = config;
+        args.api_keys = PathBuf::new();
+        let err = run_gateway(args, async {}).await.expect_err("refused");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--api-keys") && text.contains("--token-review"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn in_process_mode_without_api_keys_needs_decision_api_keys() {
+        let args = parse(&["--token-review"]).expect("parses");
+        let err = serve_args(&args, Path::new("policies")).expect_err("no keys");
+        assert!(err.to_string().contains("--decision-api-keys"), "{err}");
+        let args =
+            parse(&["--token-review", "--decision-api-keys", "approvers.yaml"]).expect("parses");
+        let serve = serve_args(&args, Path::new("policies")).expect("serve flags");
+        assert_eq!(serve.api_keys, Some(PathBuf::from("approvers.yaml")));
+    }
 }
