@@ -306,7 +306,36 @@ fn deployment_is_hardened_and_wired_to_its_service() {
         container.image.as_deref(),
         Some("ghcr.io/overseer-dev/overseer:latest")
     );
-    assert_eq!(container.args.as_deref(), Some(&["run".to_string()][..]));
+    // The arguments parse with overseer's own parser: `run`, serving the decision API on 8181
+    // with its audit trail on stdout and its counters on a mounted volume.
+    let args = container.args.clone().unwrap_or_default();
+    let cli = {
+        use clap::Parser as _;
+        operator::cli::Cli::try_parse_from(std::iter::once("overseer".to_owned()).chain(args))
+            .unwrap_or_else(|e| panic!("config/manager passes flags overseer rejects: {e}"))
+    };
+    let operator::cli::Command::Run(run) = cli.command else {
+        panic!("the manager must run `overseer run`")
+    };
+    run.validate().expect("valid run flags");
+    let decision = &run.decision;
+    let decision_port = decision
+        .decision_listen
+        .expect("the decision API is served")
+        .port();
+    assert!(decision.decision_audit_stdout, "audit records on stdout");
+    let state = decision
+        .decision_state_file
+        .clone()
+        .expect("counters are persisted");
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| state.starts_with(&m.mount_path) && m.read_only != Some(true)),
+        "{} is on a writable mount (the root filesystem is read-only)",
+        state.display()
+    );
     let security = container
         .security_context
         .clone()
@@ -362,11 +391,15 @@ fn deployment_is_hardened_and_wired_to_its_service() {
         .flatten()
         .filter_map(|p| Some((p.name.clone()?, p.container_port)))
         .collect();
-    // The defaults of `overseer run --health-addr 0.0.0.0:8081 --metrics-addr 0.0.0.0:8080`; the
-    // container sets neither flag, so nothing else listens.
+    // The defaults of `overseer run --health-addr 0.0.0.0:8081 --metrics-addr 0.0.0.0:8080`
+    // (the container sets neither flag) and the decision API's --decision-listen.
     assert_eq!(
         ports,
-        BTreeMap::from([("health".to_string(), 8081), ("metrics".to_string(), 8080)])
+        BTreeMap::from([
+            ("decisions".to_string(), i32::from(decision_port)),
+            ("health".to_string(), 8081),
+            ("metrics".to_string(), 8080)
+        ])
     );
     let probe_port = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
         probe
@@ -410,7 +443,36 @@ fn deployment_is_hardened_and_wired_to_its_service() {
         exposed.push((target.clone(), port.port));
     }
     exposed.sort();
-    assert_eq!(exposed, [("metrics".to_string(), 8080)]);
+    assert_eq!(
+        exposed,
+        [
+            ("decisions".to_string(), 8181),
+            ("metrics".to_string(), 8080)
+        ]
+    );
+}
+
+#[test]
+fn the_decision_api_gets_exactly_what_it_uses() {
+    let objects = default_objects();
+    let role: ClusterRole = one(&objects, "ClusterRole", "overseer-manager-decisions");
+    // Reviewing callers' tokens; everything else it touches is granted by role.yaml (reads,
+    // AgentApproval status) and identity_role.yaml (AgentApproval creation, the kill switch).
+    let expected: BTreeSet<(String, String, String)> =
+        triples("authentication.k8s.io", "tokenreviews", &["create"])
+            .into_iter()
+            .collect();
+    assert_eq!(grants(&role), expected);
+    let binding: ClusterRoleBinding =
+        one(&objects, "ClusterRoleBinding", "overseer-manager-decisions");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "overseer-manager-decisions")
+    );
+    bound_to_the_operator_only(binding.subjects, "overseer-manager-decisions");
 }
 
 /// Every (group, resource) the CRDs define, subresources included.

@@ -297,6 +297,25 @@ async fn fake_handler(
                 None => status(404, "NotFound", "lease not found"),
             }
         }
+        ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            // One ServiceAccount token is valid; every other token is not.
+            let review: Value = serde_json::from_slice(&body).expect("review body");
+            let status = if review["spec"]["token"] == AGENT_TOKEN {
+                json!({"authenticated": true, "user": {
+                    "username": "system:serviceaccount:agents:support-bot",
+                    "groups": ["system:serviceaccounts", "system:serviceaccounts:agents", "system:authenticated"]}})
+            } else {
+                json!({"authenticated": false, "error": "invalid bearer token"})
+            };
+            (
+                StatusCode::CREATED,
+                Json(
+                    json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                            "metadata": {}, "spec": review["spec"], "status": status}),
+                ),
+            )
+                .into_response()
+        }
         _ => {
             eprintln!("fake API: not served: {verb} {path}");
             status(404, "NotFound", "not served by the fake")
@@ -325,6 +344,26 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((code, body))
+}
+
+/// The ServiceAccount token the fake's TokenReview accepts (as `agents/support-bot`).
+const AGENT_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.agents-support-bot.signature";
+
+async fn http_post(port: u16, path: &str, token: &str, body: &Value) -> Option<(u16, Value)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, serde_json::from_str(&body).ok()?))
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -526,5 +565,103 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
             "WATCH services",
         ],
         "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn run_serves_decisions_to_kubernetes_tokens_with_approvals_in_the_cluster() {
+    let api = FakeApi {
+        crds_installed: true,
+        ..FakeApi::default()
+    };
+    api.identities_listable.send_replace(true);
+    let addr = start_fake(api.clone()).await;
+    let config = kubeconfig(&format!("http://{addr}"), "decisions");
+    let health = free_port();
+    let decisions = free_port();
+    let health_addr = format!("127.0.0.1:{health}");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let decision_addr = format!("127.0.0.1:{decisions}");
+    let child = overseer(
+        &config,
+        &[
+            "--identity",
+            "replica-a",
+            "--lease-namespace",
+            "ops",
+            "--health-addr",
+            &health_addr,
+            "--metrics-addr",
+            &metrics_addr,
+            "--decision-listen",
+            &decision_addr,
+            "--decision-audit-stdout",
+            "--log-format",
+            "json",
+        ],
+    )
+    .spawn()
+    .expect("spawned");
+    let pid = child.id();
+
+    eventually("/readyz to answer 200", || async {
+        matches!(http_get(health, "/readyz").await, Some((200, _)))
+    })
+    .await;
+    let request = json!({"principal": {"id": "system:serviceaccount:agents:support-bot"},
+                         "tool": "tickets_search", "arguments": {}});
+    // A ServiceAccount token is reviewed and decides for its own ServiceAccount (no policy
+    // governs it yet: default deny).
+    let (code, answer) = http_post(decisions, "/v1/decisions", AGENT_TOKEN, &request)
+        .await
+        .expect("an answer");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["decision"], "deny", "{answer}");
+    // Within the cache's time the same token is not reviewed again.
+    let (code, _) = http_post(decisions, "/v1/decisions", AGENT_TOKEN, &request)
+        .await
+        .expect("an answer");
+    assert_eq!(code, 200);
+    // It may not ask for anybody else.
+    let other = json!({"principal": {"id": "finance-bot"}, "tool": "refund", "arguments": {}});
+    let (code, answer) = http_post(decisions, "/v1/decisions", AGENT_TOKEN, &other)
+        .await
+        .expect("an answer");
+    assert_eq!(code, 403, "{answer}");
+    // A token the API server does not accept is refused.
+    let (code, answer) = http_post(decisions, "/v1/decisions", "not-a-token", &request)
+        .await
+        .expect("an answer");
+    assert_eq!(code, 401, "{answer}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = wait_output(child).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // Every attempt is in the audit trail on stdout, and no token ever appears in it or the logs.
+    let records: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["path"] == "overseer/decision")
+        .collect();
+    assert_eq!(records.len(), 4, "{stdout}");
+    assert!(!stdout.contains(AGENT_TOKEN) && !stderr.contains(AGENT_TOKEN));
+    assert!(!stdout.contains("not-a-token") && !stderr.contains("not-a-token"));
+
+    let log = api.log.lock().expect("log").clone();
+    let reviews = log
+        .iter()
+        .filter(|l| l.as_str() == "POST /apis/authentication.k8s.io/v1/tokenreviews")
+        .count();
+    assert_eq!(reviews, 2, "one review per distinct token: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l == "WATCH /apis/agents.overseer.dev/v1alpha1/agentapprovals"),
+        "approvals are watched in the cluster: {log:?}"
     );
 }

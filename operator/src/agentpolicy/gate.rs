@@ -113,14 +113,23 @@ impl IdentityGate {
                 },
             };
         }
-        if let Some(sa) = &caller.service_account {
+        // The ServiceAccount the caller authenticated as or, for an enforcement point asking
+        // on an agent's behalf, the one the principal names.
+        let service_account = match &caller.service_account {
+            Some(sa) => Some((sa.namespace.as_str(), sa.name.as_str())),
+            None => principal
+                .namespace
+                .as_deref()
+                .zip(principal.service_account.as_deref()),
+        };
+        if let Some((namespace, name)) = service_account {
             let owner = self.store.state().into_iter().find(|identity| {
-                identity.namespace().as_deref() == Some(sa.namespace.as_str())
+                identity.namespace().as_deref() == Some(namespace)
                     && identity
                         .status
                         .as_ref()
                         .and_then(|s| s.service_account_name.as_deref())
-                        == Some(sa.name.as_str())
+                        == Some(name)
             });
             if let Some(identity) = owner {
                 return verdict(&identity, now);
@@ -321,5 +330,39 @@ mod tests {
             None
         );
         assert_eq!(reason(g.check_at(&gateway(), &principal, now())), None);
+    }
+
+    #[test]
+    fn a_gateway_asking_for_an_identitys_service_account_is_checked_too() {
+        let g = gate(vec![
+            identity("live", false, IdentityPhase::Active, LATER),
+            identity("killed", true, IdentityPhase::Active, LATER),
+        ]);
+        // The MCP gateway authenticated the agent by its token and names its ServiceAccount.
+        let on_behalf_of = |sa: &str| Principal {
+            id: format!("system:serviceaccount:agents:{sa}"),
+            namespace: Some("agents".into()),
+            service_account: Some(sa.into()),
+            ..Principal::default()
+        };
+        let GateVerdict::Closed {
+            reason: why,
+            message,
+        } = g.check_at(&gateway(), &on_behalf_of("eid-killed-0123456789"), now())
+        else {
+            panic!("a revoked identity's ServiceAccount is denied")
+        };
+        assert_eq!(why, GateReason::Revoked);
+        assert_eq!(message, "EphemeralIdentity agents/killed is revoked");
+        assert_eq!(
+            reason(g.check_at(&gateway(), &on_behalf_of("eid-live-0123456789"), now())),
+            None
+        );
+        // The same ServiceAccount name in another namespace is somebody else.
+        let elsewhere = Principal {
+            namespace: Some("other".into()),
+            ..on_behalf_of("eid-killed-0123456789")
+        };
+        assert_eq!(reason(g.check_at(&gateway(), &elsewhere, now())), None);
     }
 }

@@ -3,13 +3,13 @@
 //! to the cluster's policies. It runs on every replica (followers answer too), each with its own
 //! audit log and its own rate-limit and budget counters (see `docs/policies.md`).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use chrono::Utc;
 use clap::Args;
 use overseer_policy::{
-    approvals::InMemoryApprovals,
+    approvals::ApprovalStore,
     audit::{AuditConfig, AuditLog, FileSinkConfig},
     compile::CompiledPolicies,
     engine::Engine,
@@ -17,7 +17,11 @@ use overseer_policy::{
 };
 use prometheus_client::registry::Registry;
 
-use crate::decision::{DecisionMetrics, DecisionService, auth::Authenticator};
+use crate::decision::{
+    DecisionMetrics, DecisionService,
+    auth::Authenticator,
+    tokenreview::{RoleMapping, TokenReviewConfig},
+};
 
 /// Flags of `overseer run` for its decision API.
 #[derive(Debug, Clone, Args)]
@@ -27,10 +31,45 @@ pub struct DecisionArgs {
     /// objects. Off when not given.
     #[arg(long, env = "OVERSEER_DECISION_LISTEN")]
     pub decision_listen: Option<SocketAddr>,
-    /// YAML file of API keys callers of the decision API present (the format of
-    /// `overseer serve --api-keys`). Required with --decision-listen.
+    /// YAML file of API keys callers of the decision API may present (the format of
+    /// `overseer serve --api-keys`), besides Kubernetes tokens. Optional: in a cluster callers
+    /// authenticate with their ServiceAccount (or EphemeralIdentity) token, reviewed with
+    /// TokenReview.
     #[arg(long, env = "OVERSEER_DECISION_API_KEYS")]
     pub decision_api_keys: Option<PathBuf>,
+    /// Audience a caller's Kubernetes token must be meant for (repeatable, or comma-separated);
+    /// none: the API server's own audiences.
+    #[arg(
+        long = "decision-token-audience",
+        env = "OVERSEER_DECISION_TOKEN_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub decision_token_audiences: Vec<String>,
+    /// Kubernetes user or group (e.g. `system:serviceaccount:mcp:overseer-gateway`) whose token
+    /// gets the `gateway` role: it may ask on behalf of any agent (repeatable, or
+    /// comma-separated). Other ServiceAccounts are agents that may only ask for themselves.
+    #[arg(
+        long = "decision-gateway",
+        env = "OVERSEER_DECISION_GATEWAYS",
+        value_delimiter = ','
+    )]
+    pub decision_gateways: Vec<String>,
+    /// Kubernetes user or group whose token gets the `admin` role (the kill switch
+    /// `POST /v1/admin/identities/revoke`); repeatable, or comma-separated.
+    #[arg(
+        long = "decision-admin",
+        env = "OVERSEER_DECISION_ADMINS",
+        value_delimiter = ','
+    )]
+    pub decision_admins: Vec<String>,
+    /// How long an accepted token is trusted before it is reviewed again, in seconds. A revoked
+    /// EphemeralIdentity is denied at once regardless (the identity gate).
+    #[arg(long, env = "OVERSEER_DECISION_TOKEN_CACHE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub decision_token_cache_seconds: u64,
+    /// Namespace of the AgentApproval objects of agents that have no ServiceAccount (agents a
+    /// gateway names by id); default: the operator's own namespace (--lease-namespace).
+    #[arg(long, env = "OVERSEER_DECISION_APPROVAL_NAMESPACE")]
+    pub decision_approval_namespace: Option<String>,
     /// Audit log file of the decision API (JSON lines, hash-chained, rotated by size); resumed
     /// when it exists. Each replica needs its own file.
     #[arg(long, env = "OVERSEER_DECISION_AUDIT_FILE")]
@@ -56,6 +95,11 @@ impl Default for DecisionArgs {
         Self {
             decision_listen: None,
             decision_api_keys: None,
+            decision_token_audiences: Vec::new(),
+            decision_gateways: Vec::new(),
+            decision_admins: Vec::new(),
+            decision_token_cache_seconds: 10,
+            decision_approval_namespace: None,
             decision_audit_file: None,
             decision_audit_max_mib: DEFAULT_AUDIT_MAX_MIB,
             decision_audit_stdout: false,
@@ -67,13 +111,15 @@ impl Default for DecisionArgs {
 impl DecisionArgs {
     /// Check the relations between the flags.
     pub fn validate(&self) -> Result<(), String> {
-        let Some(listen) = self.decision_listen else {
+        if self.decision_listen.is_none() {
             return Ok(());
-        };
-        if self.decision_api_keys.is_none() {
-            return Err(format!(
-                "--decision-listen {listen} needs --decision-api-keys FILE: the decision API never runs without authentication"
-            ));
+        }
+        if self
+            .decision_approval_namespace
+            .as_deref()
+            .is_some_and(str::is_empty)
+        {
+            return Err("--decision-approval-namespace must not be empty".to_owned());
         }
         if self.decision_audit_file.is_none() && !self.decision_audit_stdout {
             return Err(
@@ -82,6 +128,24 @@ impl DecisionArgs {
             );
         }
         Ok(())
+    }
+}
+
+impl DecisionArgs {
+    /// How callers' Kubernetes tokens are reviewed: every ServiceAccount is an `agent` that may
+    /// ask only for itself, unless named a gateway or admin. Approvers review AgentApproval
+    /// objects with kubectl, never through this API, so no token gets the `approver` role.
+    pub fn token_review_config(&self) -> TokenReviewConfig {
+        TokenReviewConfig {
+            audiences: self.decision_token_audiences.clone(),
+            roles: RoleMapping {
+                admins: self.decision_admins.clone(),
+                gateways: self.decision_gateways.clone(),
+                approvers: Vec::new(),
+            },
+            ttl: Duration::from_secs(self.decision_token_cache_seconds),
+            ..TokenReviewConfig::default()
+        }
     }
 }
 
@@ -96,8 +160,12 @@ pub struct DecisionRuntime {
 }
 
 /// The engine every replica keeps current: empty (default deny) until the policies have synced;
-/// counters restored from `--decision-state-file` when given.
-pub fn engine(args: &DecisionArgs) -> anyhow::Result<Arc<Engine>> {
+/// counters restored from `--decision-state-file` when given; approvals kept by `approvals`
+/// (the cluster's AgentApproval objects when the decision API is on).
+pub fn engine(
+    args: &DecisionArgs,
+    approvals: Arc<dyn ApprovalStore>,
+) -> anyhow::Result<Arc<Engine>> {
     let limits = match &args.decision_state_file {
         Some(path) => LimitState::load(LimitsConfig::default(), path, Utc::now())
             .with_context(|| format!("cannot restore counters from {}", path.display()))?,
@@ -106,12 +174,14 @@ pub fn engine(args: &DecisionArgs) -> anyhow::Result<Arc<Engine>> {
     Ok(Arc::new(Engine::with_state(
         CompiledPolicies::empty(),
         Arc::new(limits),
-        Arc::new(InMemoryApprovals::default()),
+        approvals,
     )))
 }
 
 /// The readiness check that holds while the identity gate's cache has not synced.
 pub const CHECK_IDENTITIES: &str = "decision/identities";
+/// The readiness check that holds while the AgentApproval watch has not listed every approval.
+pub const CHECK_APPROVALS: &str = "decision/approvals";
 
 /// Build the decision service over `engine` when `--decision-listen` is given: authentication,
 /// the audit log, counter persistence, and metrics registered in `registry`; `cluster` adds the
@@ -128,7 +198,7 @@ pub fn build(
     };
     let auth = match &args.decision_api_keys {
         Some(path) => Authenticator::from_file(path)?,
-        None => anyhow::bail!("--decision-listen needs --decision-api-keys"),
+        None => Authenticator::no_keys(),
     };
     let file = args.decision_audit_file.as_ref().map(|path| {
         let mut file = FileSinkConfig::new(path);
@@ -190,16 +260,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_decision_api_needs_keys_and_an_audit_sink() {
+    fn the_decision_api_needs_an_audit_sink_and_keys_are_optional() {
         assert_eq!(DecisionArgs::default().validate(), Ok(()), "off by default");
         let on = DecisionArgs {
             decision_listen: Some("0.0.0.0:8181".parse().expect("addr")),
             ..DecisionArgs::default()
         };
         assert!(
-            on.validate()
-                .expect_err("no keys")
-                .contains("--decision-api-keys")
+            on.validate().expect_err("no audit").contains("audit sink"),
+            "API keys are optional (callers present Kubernetes tokens), an audit sink is not"
         );
         let keys = DecisionArgs {
             decision_api_keys: Some("keys.yaml".into()),
@@ -209,6 +278,17 @@ mod tests {
             keys.validate()
                 .expect_err("no audit")
                 .contains("audit sink")
+        );
+        let empty_namespace = DecisionArgs {
+            decision_audit_stdout: true,
+            decision_approval_namespace: Some(String::new()),
+            ..on.clone()
+        };
+        assert!(
+            empty_namespace
+                .validate()
+                .expect_err("empty namespace")
+                .contains("--decision-approval-namespace")
         );
         let stdout = DecisionArgs {
             decision_audit_stdout: true,

@@ -406,7 +406,11 @@ async fn the_run_decision_router_answers_from_watched_policies() {
         decision_state_file: Some(dir.path().join("limits.json")),
         ..DecisionArgs::default()
     };
-    let engine = super::service::engine(&args).expect("engine");
+    let engine = super::service::engine(
+        &args,
+        std::sync::Arc::new(overseer_policy::approvals::InMemoryApprovals::default()),
+    )
+    .expect("engine");
     let runtime = build(&args, engine.clone(), &mut Registry::default(), |s| s)
         .expect("builds")
         .expect("enabled");

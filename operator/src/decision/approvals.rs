@@ -449,6 +449,7 @@ impl fmt::Debug for KubeApprovals {
 pub struct ApprovalsDriver {
     store: Arc<KubeApprovals>,
     creates: mpsc::Receiver<String>,
+    ready: Option<crate::health::ReadyHandle>,
 }
 
 impl KubeApprovals {
@@ -465,6 +466,7 @@ impl KubeApprovals {
         let driver = ApprovalsDriver {
             store: store.clone(),
             creates: rx,
+            ready: None,
         };
         (store, driver)
     }
@@ -827,6 +829,12 @@ impl ApprovalStore for KubeApprovals {
 }
 
 impl ApprovalsDriver {
+    /// Pass `ready` (a `/readyz` check) once the watch has listed every existing approval.
+    pub fn with_ready(mut self, ready: crate::health::ReadyHandle) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
     /// Create queued approvals, watch every tool-call `AgentApproval` (all namespaces) and keep
     /// their status, until the store is dropped.
     pub async fn run(mut self) {
@@ -871,6 +879,9 @@ impl ApprovalsDriver {
             watcher::Event::InitDone => {
                 if !self.store.synced.swap(true, Ordering::AcqRel) {
                     tracing::info!("AgentApproval watch synced");
+                }
+                if let Some(ready) = &self.ready {
+                    ready.set(true);
                 }
             }
         }
