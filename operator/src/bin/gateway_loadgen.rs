@@ -2,10 +2,12 @@
 //!
 //! * `gateway-loadgen upstream --listen ADDR` serves a minimal MCP Streamable HTTP server at
 //!   `/mcp` (`initialize` issues a session id, `tools/call` answers a small JSON result at once).
-//! * `gateway-loadgen load --url URL [--api-key KEY] --sessions N --seconds S` opens N MCP
-//!   sessions (each its own keep-alive HTTP/1.1 connection), then each sends `tools/call`s back to
-//!   back for S seconds after a warm-up, and prints latency percentiles (nearest rank) and
-//!   throughput as one JSON line. Every answer is checked: an error or a non-result fails the run.
+//! * `gateway-loadgen load --url URL [--api-key KEY] --sessions N --seconds S [--rate R]` opens
+//!   N MCP sessions (each its own keep-alive HTTP/1.1 connection), then for S seconds after a
+//!   warm-up each sends `tools/call`s — back to back (closed loop: throughput), or with `--rate`
+//!   on a fixed schedule of R calls/s in all (open loop: latency at that load, each call timed
+//!   from when it was due) — and prints latency percentiles (nearest rank) and throughput as one
+//!   JSON line. Every answer is checked: an error or a non-result fails the run.
 //!
 //! Run `load` once against the upstream directly and once through the gateway; the difference of
 //! the percentiles is what the gateway adds. It only connects to the URL it is given; use loopback.
@@ -72,6 +74,11 @@ enum Cmd {
         /// Tool to call.
         #[arg(long, default_value = "echo")]
         tool: String,
+        /// Open loop: send this many calls per second in all (spread evenly over the sessions,
+        /// each on a fixed schedule) and measure each call from its scheduled time, so queueing
+        /// is counted. Without it every session sends back to back (closed loop: throughput).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        rate: Option<u64>,
     },
 }
 
@@ -97,7 +104,21 @@ fn main() -> ExitCode {
                 seconds,
                 warmup,
                 tool,
-            } => load(&url, api_key.as_deref(), sessions, seconds, warmup, &tool).await,
+                rate,
+            } => {
+                load(
+                    &url,
+                    api_key.as_deref(),
+                    Shape {
+                        sessions,
+                        seconds,
+                        warmup,
+                        rate,
+                    },
+                    &tool,
+                )
+                .await
+            }
         }
     });
     match result {
@@ -243,14 +264,28 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn load(
-    url: &str,
-    key: Option<&str>,
+/// How the load is applied.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
     sessions: usize,
     seconds: u64,
     warmup: u64,
-    tool: &str,
-) -> anyhow::Result<()> {
+    /// Calls per second in all (open loop), or `None` (closed loop).
+    rate: Option<u64>,
+}
+
+async fn load(url: &str, key: Option<&str>, shape: Shape, tool: &str) -> anyhow::Result<()> {
+    let Shape {
+        sessions,
+        seconds,
+        warmup,
+        rate,
+    } = shape;
+    if sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    // Open loop: each session sends every `interval`, the sessions staggered across it.
+    let interval = rate.map(|r| Duration::from_secs_f64(sessions as f64 / r as f64));
     let uri: hyper::Uri = url.parse().context("--url is not a URL")?;
     let start = Instant::now() + Duration::from_millis(200);
     let measure_from = start + Duration::from_secs(warmup);
@@ -264,9 +299,29 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
             let mut n: u64 = 0;
-            tokio::time::sleep_until(start.into()).await;
+            let mut next = match interval {
+                Some(i) => start + i.mul_f64(s as f64 / sessions as f64),
+                None => start,
+            };
+            tokio::time::sleep_until(next.into()).await;
             loop {
-                let now = Instant::now();
+                // Open loop: a call held back by the previous one (still running when this one
+                // was due) counts from when it was due, so queueing is not hidden; otherwise it
+                // counts from when it was sent (tokio's timer wakes up to 1 ms late, which is
+                // the load generator's delay, not the system's).
+                let now = match interval {
+                    Some(i) => {
+                        let due = next;
+                        next += i;
+                        if Instant::now() < due {
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        } else {
+                            due
+                        }
+                    }
+                    None => Instant::now(),
+                };
                 if now >= end {
                     break;
                 }
@@ -297,6 +352,7 @@ async fn load(
         "url": url,
         "sessions": sessions,
         "seconds": seconds,
+        "rate": rate,
         "calls": all.len(),
         "callsPerSecond": all.len() as f64 / seconds as f64,
         "p50Us": us(percentile(&all, 50.0)),
