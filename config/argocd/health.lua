@@ -148,7 +148,7 @@ if ready ~= nil and ready.status == "True" then
 end
 if ready ~= nil and ready.status == "False" then
   -- Configuration kinds are ready as soon as they are checked: not ready means something to fix.
-  if kind == "AgentPolicy" or kind == "ClusterAgentPolicy" or kind == "EphemeralIdentityClass" or kind == "FleetCluster" then
+  if kind == "AgentPolicy" or kind == "ClusterAgentPolicy" or kind == "EphemeralIdentityClass" or kind == "FleetCluster" or kind == "MCPServer" then
     hs.status = "Degraded"
   else
     hs.status = "Progressing"

@@ -886,3 +886,106 @@ pub enum IdentityPhase {
     Revoked,
     Denied,
 }
+
+// ---------------------------------------------------------------------------------------------
+// MCPServer
+// ---------------------------------------------------------------------------------------------
+
+/// `MCPServer` is an upstream MCP server (Streamable HTTP) that `overseer gateway` serves to
+/// agents at `/mcp/{metadata.name}`: where it is, how long to wait for it, which agents may reach
+/// it at all, and the credential the gateway injects into every request (agents never hold it).
+/// The object's name is also the `server` that `AgentPolicy` tool rules match
+/// (`tools[].server`), which decide every individual call. A gateway started with
+/// `--mcp-servers-namespace` serves the `MCPServer` objects of that namespace and applies changes
+/// without a restart.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "agents.overseer.dev",
+    version = "v1alpha1",
+    kind = "MCPServer",
+    plural = "mcpservers",
+    namespaced,
+    status = "MCPServerStatus",
+    shortname = "mcps",
+    category = "overseer",
+    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerSpec {
+    /// The server's Streamable HTTP endpoint, an absolute `http://` or `https://` URL, e.g.
+    /// `http://github-mcp.mcp-servers.svc:8080/mcp`. No user information (`user:password@`):
+    /// put credentials in `credential`, which is kept in a Secret. `https://` servers are
+    /// verified against the gateway's system roots.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an absolute http:// or https:// URL"))]
+    #[x_kube(validation = Rule::new("!self.matches('^https?://[^/?#]*@')").message("url must not carry user information; put the credential in credential.secretRef"))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#@]+')").message("url must name a host"))]
+    pub url: String,
+    /// Globs (`*` any run of characters, `?` one character) of the principal ids that may reach
+    /// this server at all: an API-key agent's id (e.g. `support-bot-*`), a ServiceAccount's
+    /// username (e.g. `system:serviceaccount:support:*`). Omitted or empty: every authenticated
+    /// agent. Whatever this admits, `AgentPolicy` rules still decide every tool call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub agents: Vec<String>,
+    /// Seconds to wait for the server's response headers before answering the agent with a
+    /// timeout (1 to 3600). Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    /// The credential the gateway injects into every request to the server. Omitted: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<MCPServerCredential>,
+}
+
+/// A credential read from a Secret in the `MCPServer`'s namespace and sent as one header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerCredential {
+    /// The Secret (in this object's namespace) and the key of its `data` holding the credential.
+    /// Trailing whitespace of the value is ignored. A change of the Secret reaches the gateway
+    /// within its refresh period (`--mcp-servers-refresh-seconds`).
+    pub secret_ref: crate::common::SecretKeyRef,
+    /// The header to set. Defaults to `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub header: Option<String>,
+    /// Text put before the Secret's value, e.g. `"Bearer "`. Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub prefix: Option<String>,
+}
+
+/// Observed state of an `MCPServer`. The credential itself never appears here.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: `Ready` is `True` (reason `Accepted`) when a gateway can serve the server,
+    /// `False` with a reason (`CredentialMissing`, `CredentialInvalid`, `InvalidSpec`) and a
+    /// message saying what to fix otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

@@ -24,6 +24,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         agents::AgentApproval::crd(),
         agents::EphemeralIdentityClass::crd(),
         agents::EphemeralIdentity::crd(),
+        agents::MCPServer::crd(),
         runway::InferenceRuntime::crd(),
         fleet::FleetCluster::crd(),
         fleet::FleetRollout::crd(),

@@ -59,6 +59,7 @@ fn parse_typed(
         ("agents.overseer.dev/v1alpha1", "EphemeralIdentity") => {
             typed::<agents::EphemeralIdentity>(object)
         }
+        ("agents.overseer.dev/v1alpha1", "MCPServer") => typed::<agents::MCPServer>(object),
         ("runway.overseer.dev/v1alpha1", "InferenceRuntime") => {
             typed::<runway::InferenceRuntime>(object)
         }

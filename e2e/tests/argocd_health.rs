@@ -138,6 +138,7 @@ fn configuration_kinds_follow_ready() {
         ("agents.overseer.dev", "AgentPolicy"),
         ("agents.overseer.dev", "ClusterAgentPolicy"),
         ("agents.overseer.dev", "EphemeralIdentityClass"),
+        ("agents.overseer.dev", "MCPServer"),
         ("fleet.overseer.dev", "FleetCluster"),
     ] {
         let ok = object(

@@ -175,6 +175,7 @@ fn parse_typed(object: &DynamicObject) -> anyhow::Result<()> {
         "EphemeralIdentityClass" => {
             serde_json::from_value::<agents::EphemeralIdentityClass>(value).map(|_| ())?
         }
+        "MCPServer" => serde_json::from_value::<agents::MCPServer>(value).map(|_| ())?,
         "InferenceRuntime" => {
             serde_json::from_value::<runway::InferenceRuntime>(value).map(|_| ())?
         }
