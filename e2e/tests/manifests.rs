@@ -972,16 +972,16 @@ fn the_fleet_controllers_get_exactly_what_they_use() {
 
 /// `config/gateway/{standalone,sidecar}`: the gateway container runs `overseer gateway` with flags
 /// overseer accepts, asks the decision service, listens where its `mcp` port says, reads every
-/// file from a mounted volume, its ConfigMap holds a valid gateway configuration, and no other
-/// container of the pod mounts an upstream's credential.
+/// file from a mounted volume, and takes its upstreams from a ConfigMap holding a valid gateway
+/// configuration (the sidecar: its pod's ServiceAccount is the agent's) or from MCPServer objects
+/// it watches with RBAC of its own (standalone); no other container of the pod can get at an
+/// upstream's credential.
 #[test]
 fn gateway_examples_run_overseer_gateway_with_valid_flags() {
     use clap::Parser;
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use operator::gateway::config::GatewayConfig;
-    for (dir, loopback) in [
-        ("config/gateway/standalone", false),
-        ("config/gateway/sidecar", true),
+    for (dir, loopback, watches) in [
+        ("config/gateway/standalone", false, true),
+        ("config/gateway/sidecar", true, false),
     ] {
         let objects = objects(&root().join(dir));
         let (path, value) = objects
@@ -1025,11 +1025,8 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
         assert_eq!(port.container_port, i32::from(flags.listen.port()));
         let mounts = gateway.volume_mounts.clone().unwrap_or_default();
         let mounted = |p: &Path| mounts.iter().any(|m| p.starts_with(&m.mount_path));
-        let mut files = vec![
-            flags.config.clone(),
-            flags.api_keys.clone(),
-            flags.audit_file.clone(),
-        ];
+        let mut files = vec![flags.api_keys.clone(), flags.audit_file.clone()];
+        files.extend(flags.config.clone());
         files.extend(flags.decision_api_key_file.clone());
         files.extend(flags.policies.clone());
         for file in &files {
@@ -1039,61 +1036,37 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
                 file.display()
             );
         }
-        let config_volume = mounts
-            .iter()
-            .find(|m| flags.config.starts_with(&m.mount_path))
-            .map(|m| m.name.clone())
-            .expect("config mount");
-        let config_map_name = spec
-            .volumes
-            .as_ref()
-            .and_then(|v| v.iter().find(|v| v.name == config_volume))
-            .and_then(|v| v.config_map.as_ref())
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| panic!("{dir}: the config volume is not a ConfigMap"));
-        let (path, value) = objects
-            .iter()
-            .find(|(_, v)| {
-                v["kind"] == "ConfigMap" && v["metadata"]["name"] == config_map_name.as_str()
-            })
-            .unwrap_or_else(|| {
-                panic!("{dir}: ConfigMap {config_map_name} is not in the kustomization")
-            });
-        let config_map: ConfigMap = typed(path, value);
-        let file_name = flags
-            .config
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("config file name");
-        let text = config_map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(file_name))
-            .unwrap_or_else(|| panic!("{dir}: ConfigMap lacks {file_name}"));
-        let config = GatewayConfig::from_yaml(text)
-            .unwrap_or_else(|e| panic!("{dir}: invalid gateway configuration: {e}"));
-        let credential_volumes: Vec<String> = config
-            .upstreams
-            .iter()
-            .filter_map(|u| u.credential.as_ref()?.from_file.clone())
-            .map(|file| {
-                mounts
-                    .iter()
-                    .find(|m| file.starts_with(&m.mount_path))
-                    .map(|m| m.name.clone())
-                    .unwrap_or_else(|| {
-                        panic!("{dir}: credential {} is not mounted", file.display())
-                    })
-            })
-            .collect();
+        assert_eq!(
+            flags.mcp_servers_namespace.is_some(),
+            watches,
+            "{dir}: --mcp-servers-namespace"
+        );
+        // The Secrets holding upstream credentials, which no other container may get at.
+        let credential_secrets: BTreeSet<String> = match &flags.config {
+            Some(config) => gateway_file_credentials(dir, &objects, &spec, &mounts, config),
+            None => BTreeSet::new(),
+        };
+        let credential_secrets = match &flags.mcp_servers_namespace {
+            Some(namespace) => {
+                let from_objects = gateway_watch_rbac(dir, &objects, &spec, namespace);
+                credential_secrets.union(&from_objects).cloned().collect()
+            }
+            None => credential_secrets,
+        };
         assert!(
-            !credential_volumes.is_empty(),
+            !credential_secrets.is_empty(),
             "{dir}: shows an injected credential"
         );
         for other in spec.containers.iter().filter(|c| c.name != "gateway") {
             for m in other.volume_mounts.iter().flatten() {
+                let secret = spec
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == m.name)
+                    .and_then(|v| v.secret.as_ref()?.secret_name.clone());
                 assert!(
-                    !credential_volumes.contains(&m.name),
+                    secret.is_none_or(|s| !credential_secrets.contains(&s)),
                     "{dir}: container {} mounts the upstream credential {}",
                     other.name,
                     m.name
@@ -1105,13 +1078,6 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
                     .as_ref()
                     .and_then(|v| v.secret_key_ref.as_ref())
                     .map(|s| s.name.clone());
-                let credential_secrets: Vec<String> = spec
-                    .volumes
-                    .iter()
-                    .flatten()
-                    .filter(|v| credential_volumes.contains(&v.name))
-                    .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
-                    .collect();
                 assert!(
                     secret.is_none_or(|s| !credential_secrets.contains(&s)),
                     "{dir}: container {} reads the upstream credential from the environment",
@@ -1120,6 +1086,176 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
             }
         }
     }
+}
+
+/// A gateway reading `--config`: the file is a ConfigMap of the kustomization holding a valid
+/// gateway configuration whose credential files are mounted from Secrets. Returns those Secrets.
+fn gateway_file_credentials(
+    dir: &str,
+    objects: &[(PathBuf, Value)],
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    mounts: &[k8s_openapi::api::core::v1::VolumeMount],
+    config: &Path,
+) -> BTreeSet<String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use operator::gateway::config::GatewayConfig;
+    let volume_of = |file: &Path| {
+        mounts
+            .iter()
+            .find(|m| file.starts_with(&m.mount_path))
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| panic!("{dir}: {} is not mounted", file.display()))
+    };
+    let config_volume = volume_of(config);
+    let config_map_name = spec
+        .volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == config_volume))
+        .and_then(|v| v.config_map.as_ref())
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| panic!("{dir}: the config volume is not a ConfigMap"));
+    let (path, value) = objects
+        .iter()
+        .find(|(_, v)| {
+            v["kind"] == "ConfigMap" && v["metadata"]["name"] == config_map_name.as_str()
+        })
+        .unwrap_or_else(|| {
+            panic!("{dir}: ConfigMap {config_map_name} is not in the kustomization")
+        });
+    let config_map: ConfigMap = typed(path, value);
+    let file_name = config
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("config file name");
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(file_name))
+        .unwrap_or_else(|| panic!("{dir}: ConfigMap lacks {file_name}"));
+    let config = GatewayConfig::from_yaml(text)
+        .unwrap_or_else(|e| panic!("{dir}: invalid gateway configuration: {e}"));
+    config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.credential.as_ref()?.from_file.clone())
+        .map(|file| {
+            let volume = volume_of(&file);
+            spec.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == volume)
+                .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+                .unwrap_or_else(|| panic!("{dir}: credential {} is not a Secret", file.display()))
+        })
+        .collect()
+}
+
+/// A gateway watching `MCPServer` objects of `namespace`: the objects of the kustomization are
+/// valid (the CRD's schema and CEL rules, and what the gateway checks itself) and live there; the
+/// pod runs as a ServiceAccount of its own with its token mounted, bound by a RoleBinding to a
+/// Role granting exactly get/list/watch on mcpservers and get on the credential Secrets the
+/// objects name, by name. Returns those Secrets.
+fn gateway_watch_rbac(
+    dir: &str,
+    objects: &[(PathBuf, Value)],
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    namespace: &str,
+) -> BTreeSet<String> {
+    use kube::CustomResourceExt as _;
+    use overseer_crds::agents::MCPServer;
+    let validator = overseer_testing::CrdValidator::new(&MCPServer::crd(), None).expect("CRD");
+    let mut secrets = BTreeSet::new();
+    let mut servers = 0;
+    for (path, value) in objects.iter().filter(|(_, v)| v["kind"] == "MCPServer") {
+        servers += 1;
+        let errors = validator.errors(value);
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        let server: MCPServer = typed(path, value);
+        let name = server.metadata.name.clone().expect("name");
+        assert_eq!(
+            server.metadata.namespace.as_deref(),
+            Some(namespace),
+            "{dir}: MCPServer {name} is not in the watched namespace"
+        );
+        operator::gateway::mcpservers::upstream_of(namespace, &name, &server.spec, |_| {
+            Ok("a-credential".to_owned())
+        })
+        .unwrap_or_else(|e| panic!("{dir}: MCPServer {name} cannot be served: {e}"));
+        if let Some(c) = &server.spec.credential {
+            secrets.insert(c.secret_ref.name.clone());
+        }
+    }
+    assert!(servers > 0, "{dir}: watches MCPServers but defines none");
+
+    let account = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| panic!("{dir}: the gateway needs a ServiceAccount of its own"));
+    assert_ne!(account, "default", "{dir}: a ServiceAccount of its own");
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(true),
+        "{dir}: the gateway needs its token to watch"
+    );
+    let of_kind = |kind: &'static str| {
+        objects
+            .iter()
+            .filter(move |(_, v)| v["kind"] == kind && v["metadata"]["namespace"] == namespace)
+    };
+    let (path, value) = of_kind("ServiceAccount")
+        .find(|(_, v)| v["metadata"]["name"] == account.as_str())
+        .unwrap_or_else(|| panic!("{dir}: no ServiceAccount {account} in {namespace}"));
+    let _: ServiceAccount = typed(path, value);
+    let bindings: Vec<RoleBinding> = of_kind("RoleBinding")
+        .map(|(path, value)| typed(path, value))
+        .filter(|b: &RoleBinding| {
+            b.subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == account
+                    && s.namespace.as_deref() == Some(namespace)
+            })
+        })
+        .collect();
+    let [binding] = bindings.as_slice() else {
+        panic!(
+            "{dir}: one RoleBinding for {account}, found {}",
+            bindings.len()
+        )
+    };
+    assert_eq!(
+        binding.role_ref.kind, "Role",
+        "{dir}: bound to a Role, not cluster-wide"
+    );
+    let (path, value) = of_kind("Role")
+        .find(|(_, v)| v["metadata"]["name"] == binding.role_ref.name.as_str())
+        .unwrap_or_else(|| panic!("{dir}: Role {} is missing", binding.role_ref.name));
+    let role: Role = typed(path, value);
+    let as_cluster_role = ClusterRole {
+        rules: role.rules.clone(),
+        ..ClusterRole::default()
+    };
+    let mut expected: BTreeSet<(String, String, String, String)> = triples(
+        "agents.overseer.dev",
+        "mcpservers",
+        &["get", "list", "watch"],
+    )
+    .into_iter()
+    .map(|(group, resource, verb)| (group, resource, verb, String::new()))
+    .collect();
+    for secret in &secrets {
+        expected.insert((
+            String::new(),
+            "secrets".to_owned(),
+            "get".to_owned(),
+            secret.clone(),
+        ));
+    }
+    assert_eq!(
+        named_grants(&as_cluster_role),
+        expected,
+        "{dir}: the gateway's Role"
+    );
+    secrets
 }
 
 #[test]

@@ -13,6 +13,9 @@
 //!       prefix: "Bearer "
 //!       fromEnv: GITHUB_MCP_TOKEN  # or fromFile: /var/run/secrets/github/token
 //! ```
+//!
+//! The checks and the credential header are shared with `MCPServer` objects
+//! ([`super::mcpservers`]), so an upstream means the same wherever it is configured.
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
@@ -31,7 +34,9 @@ pub struct GatewayConfig {
     /// govern principals of their namespace). Omitted: `$POD_NAMESPACE`, else none.
     #[serde(default)]
     pub agent_namespace: Option<String>,
-    /// The upstream MCP servers.
+    /// The upstream MCP servers (at least one, unless the gateway also watches `MCPServer`
+    /// objects).
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -42,7 +47,7 @@ pub struct UpstreamConfig {
     /// Name: the path segment agents connect to (`/mcp/{name}`) and the `server` of decision
     /// requests.
     pub name: String,
-    /// Streamable HTTP endpoint of the server (`http://host:port/mcp`).
+    /// Streamable HTTP endpoint of the server (`http://host:port/mcp`, or `https://`).
     pub url: String,
     /// Globs of the principal ids that may reach it; omitted or empty: every authenticated agent
     /// (policies still decide every tool call).
@@ -118,34 +123,9 @@ impl GatewayConfig {
         let mut out = HashMap::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let at = format!("upstreams[{i}] ({})", u.name);
-            let valid_name = !u.name.is_empty()
-                && u.name.len() <= 253
-                && u.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-            if !valid_name {
-                return Err(format!(
-                    "{at}: name must be 1-253 characters of letters, digits, '-', '.', '_'"
-                ));
-            }
-            let uri: Uri = u
-                .url
-                .parse()
-                .map_err(|e| format!("{at}: url {:?} is not a URL: {e}", u.url))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(format!(
-                    "{at}: url must be an absolute http:// URL (TLS to upstreams is left to a mesh)"
-                ));
-            }
-            let agents = if u.agents.is_empty() {
-                None
-            } else {
-                let mut b = GlobSetBuilder::new();
-                for g in &u.agents {
-                    b.add(Glob::new(g).map_err(|e| format!("{at}: agent glob {g:?}: {e}"))?);
-                }
-                Some(b.build().map_err(|e| format!("{at}: {e}"))?)
-            };
+            check_name(&u.name).map_err(|e| format!("{at}: {e}"))?;
+            let uri = parse_url(&u.url).map_err(|e| format!("{at}: {e}"))?;
+            let agents = agent_globs(&u.agents).map_err(|e| format!("{at}: {e}"))?;
             let credential = match &u.credential {
                 None => None,
                 Some(c) => Some(resolve_credential(c, &env).map_err(|e| format!("{at}: {e}"))?),
@@ -170,32 +150,125 @@ impl GatewayConfig {
     }
 }
 
+/// Check an upstream's name: the path segment of `/mcp/{name}`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err("name must be 1-253 characters of letters, digits, '-', '.', '_'".into())
+    }
+}
+
+/// Parse an upstream's endpoint: an absolute `http://` or `https://` URL without user
+/// information (credentials belong in the injected credential, not in a URL that is logged).
+pub fn parse_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "url {url:?} must be an absolute http:// or https:// URL"
+        ));
+    }
+    match uri.authority() {
+        None => Err(format!("url {url:?} names no host")),
+        Some(a) if a.host().is_empty() => Err(format!("url {url:?} names no host")),
+        Some(a) if a.as_str().contains('@') => Err(
+            "the url must not carry user information; configure a credential instead".to_owned(),
+        ),
+        Some(_) => Ok(uri),
+    }
+}
+
+/// Compile the globs of the principal ids that may reach an upstream (`None`: everyone).
+pub fn agent_globs(agents: &[String]) -> Result<Option<GlobSet>, String> {
+    if agents.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for g in agents {
+        b.add(Glob::new(g).map_err(|e| format!("agent glob {g:?}: {e}"))?);
+    }
+    Ok(Some(b.build().map_err(|e| e.to_string())?))
+}
+
+/// Headers a credential may not be sent in: the gateway sets or forwards them itself.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "mcp-session-id",
+    "mcp-protocol-version",
+];
+
+/// The name of the header a credential is sent in (default `Authorization`).
+pub fn credential_header(header: Option<&str>) -> Result<HeaderName, String> {
+    let name = header.unwrap_or("authorization");
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("credential header {name:?} is not a header name"))?;
+    if RESERVED_HEADERS.contains(&header.as_str()) {
+        return Err(format!(
+            "credential header {name:?} is set by the gateway itself; choose another header"
+        ));
+    }
+    Ok(header)
+}
+
+/// Why a credential's value cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialValueError {
+    /// Nothing but whitespace.
+    Empty,
+    /// Characters a header value may not hold (control characters, newlines).
+    NotAHeaderValue,
+}
+
+/// The header value `prefix` + `secret` (trailing whitespace of `secret` ignored), marked
+/// sensitive so it is never printed.
+pub fn credential_value(
+    prefix: Option<&str>,
+    secret: &str,
+) -> Result<HeaderValue, CredentialValueError> {
+    let secret = secret.trim_end();
+    if secret.is_empty() {
+        return Err(CredentialValueError::Empty);
+    }
+    let mut value = HeaderValue::from_str(&format!("{}{secret}", prefix.unwrap_or_default()))
+        .map_err(|_| CredentialValueError::NotAHeaderValue)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 fn resolve_credential(
     c: &CredentialConfig,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(HeaderName, HeaderValue), String> {
-    let name = c.header.as_deref().unwrap_or("authorization");
-    let header = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("credential header {name:?} is not a header name"))?;
+    let header = credential_header(c.header.as_deref())?;
     let secret = match (&c.from_env, &c.from_file) {
         (Some(var), None) => {
             env(var).ok_or_else(|| format!("credential variable {var} is not set"))?
         }
         (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read credential file {}: {e}", path.display()))?
-            .trim_end()
-            .to_owned(),
+            .map_err(|e| format!("cannot read credential file {}: {e}", path.display()))?,
         _ => return Err("credential: set exactly one of fromEnv or fromFile".into()),
     };
-    if secret.is_empty() {
-        return Err("the credential is empty".into());
-    }
-    let mut value = HeaderValue::from_str(&format!(
-        "{}{secret}",
-        c.prefix.as_deref().unwrap_or_default()
-    ))
-    .map_err(|_| "the credential has characters not allowed in a header".to_owned())?;
-    value.set_sensitive(true);
+    let value = credential_value(c.prefix.as_deref(), &secret).map_err(|e| match e {
+        CredentialValueError::Empty => "the credential is empty".to_owned(),
+        CredentialValueError::NotAHeaderValue => {
+            "the credential has characters not allowed in a header".to_owned()
+        }
+    })?;
     Ok((header, value))
 }
 
@@ -215,7 +288,7 @@ upstreams:
     timeoutSeconds: 5
     credential: {prefix: "Bearer ", fromEnv: GH}
   - name: open
-    url: http://10.0.0.1/mcp
+    url: https://10.0.0.1/mcp
 "#,
         )
         .expect("parses");
@@ -241,7 +314,15 @@ upstreams:
                 "upstreams: [{name: 'a b', url: 'http://x/'}]",
                 "name must be",
             ),
-            ("upstreams: [{name: a, url: 'https://x/'}]", "http://"),
+            ("upstreams: [{name: a, url: 'ftp://x/'}]", "http://"),
+            (
+                "upstreams: [{name: a, url: 'http://u:p@x/'}]",
+                "user information",
+            ),
+            (
+                "upstreams: [{name: a, url: 'http://x/', credential: {header: Mcp-Session-Id, fromEnv: E}}]",
+                "set by the gateway",
+            ),
             (
                 "upstreams: [{name: a, url: 'http://x/'}, {name: a, url: 'http://y/'}]",
                 "twice",

@@ -2,7 +2,10 @@
 //! before it reaches an upstream MCP server (see `docs/gateway.md`).
 //!
 //! * [`decider`]: who decides (in-process engine or a remote decision service, failing closed).
-//! * [`config`]: the upstream MCP servers, their injected credentials, who may reach them.
+//! * [`config`]: the configuration file's upstream MCP servers, their injected credentials, who
+//!   may reach them.
+//! * [`mcpservers`]: upstreams from `MCPServer` objects, watched in one namespace.
+//! * [`routes`]: the table of upstreams the proxy reads lock-free and the watch replaces.
 //! * [`jsonrpc`]: JSON-RPC messages, errors, and JSON/SSE response bodies.
 //! * [`proxy`]: the axum router that authenticates, decides and forwards.
 //! * [`run`]: the `overseer gateway` command.
@@ -10,5 +13,7 @@
 pub mod config;
 pub mod decider;
 pub mod jsonrpc;
+pub mod mcpservers;
 pub mod proxy;
+pub mod routes;
 pub mod run;

@@ -19,6 +19,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    ops::Deref,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -34,6 +35,7 @@ use axum::{
 };
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -49,6 +51,7 @@ use super::{
     config::Upstream,
     decider::{Decider, Verdict, audit_input, refusal_event},
     jsonrpc::{self, Message},
+    routes::{Route, RouteTable},
 };
 use crate::decision::{
     auth::{self, AuthError, Authenticator, Caller, Role},
@@ -97,11 +100,11 @@ pub struct Gateway {
     decider: Arc<dyn Decider>,
     auth: Authenticator,
     tokens: Option<TokenReviewer>,
-    upstreams: HashMap<String, Upstream>,
+    routes: RouteTable,
     namespace: Option<String>,
     max_body: usize,
     sessions: Mutex<Sessions>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +117,8 @@ struct Sessions {
 impl Gateway {
     /// A gateway deciding with `decider`, authenticating agents with `auth` (API keys of role
     /// `agent`), proxying to `upstreams`; API-key agents get principal namespace `namespace`.
-    /// Add [`Self::with_token_review`] to accept Kubernetes tokens too.
+    /// Add [`Self::with_token_review`] to accept Kubernetes tokens too, and
+    /// [`Self::with_routes`] for a table kept current elsewhere (`MCPServer` objects).
     pub fn new(
         decider: Arc<dyn Decider>,
         auth: Authenticator,
@@ -123,14 +127,21 @@ impl Gateway {
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls_config())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector),
+            );
         Self {
             decider,
             auth,
             tokens: None,
-            upstreams,
+            routes: RouteTable::serving(upstreams),
             namespace,
             max_body: DEFAULT_MAX_BODY_BYTES,
             sessions: Mutex::new(Sessions::default()),
@@ -142,6 +153,18 @@ impl Gateway {
     pub fn with_max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
+    }
+
+    /// Serve the upstreams of `routes` (replacing those given to [`Self::new`]); whoever holds a
+    /// clone of it may replace them while the gateway runs.
+    pub fn with_routes(mut self, routes: RouteTable) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// The upstream table this gateway serves.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
     }
 
     /// Also accept Kubernetes ServiceAccount (and `EphemeralIdentity`) tokens, reviewed by
@@ -225,6 +248,34 @@ impl Gateway {
     }
 }
 
+/// TLS to `https://` upstreams: rustls (ring) verifying against the system's root
+/// certificates. Without any, `https://` upstreams fail their handshake (answered 502, audited)
+/// while `http://` ones keep working.
+fn tls_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system root certificate could not be loaded");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        tracing::warn!("no system root certificates found: https:// upstreams cannot be verified");
+    }
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+        // ring supports the safe default versions; this is unreachable in practice.
+        Err(e) => {
+            tracing::error!(error = %e, "TLS to upstreams unavailable");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    }
+}
+
 /// The gateway's routes: `/mcp/{upstream}` and `/healthz`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -261,20 +312,34 @@ fn rpc_error(
         .into_response()
 }
 
-/// The context of one request, for audit records and refusals.
-struct Call<'a> {
+/// Who and what one request is about, for audit records and refusals.
+struct Audit<'a> {
     gateway: &'a Gateway,
-    upstream: &'a Upstream,
+    server: &'a str,
     principal: Option<&'a str>,
     session: Option<String>,
 }
 
-impl Call<'_> {
+/// One request to a served upstream.
+struct Call<'a> {
+    audit: Audit<'a>,
+    upstream: &'a Upstream,
+}
+
+impl<'a> Deref for Call<'a> {
+    type Target = Audit<'a>;
+
+    fn deref(&self) -> &Audit<'a> {
+        &self.audit
+    }
+}
+
+impl Audit<'_> {
     fn input(&self, tool: Option<&str>) -> AuditInput {
         AuditInput {
             principal: self.principal.map(str::to_owned),
             tool: tool.map(str::to_owned),
-            server: Some(self.upstream.name.clone()),
+            server: Some(self.server.to_owned()),
             session: self.session.clone(),
             ..AuditInput::default()
         }
@@ -317,7 +382,8 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(upstream) = gateway.upstreams.get(&name) else {
+    // One lock-free load of the table; the route (an `Arc`) outlives a concurrent update.
+    let Some(route) = gateway.routes.get(&name) else {
         return rpc_error(
             StatusCode::NOT_FOUND,
             &Value::Null,
@@ -330,9 +396,9 @@ async fn handle(
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut call = Call {
+    let mut call = Audit {
         gateway: &gateway,
-        upstream,
+        server: &name,
         principal: None,
         session: session.clone(),
     };
@@ -361,6 +427,30 @@ async fn handle(
         }
     };
     call.principal = Some(&principal.id);
+    // A configured server that is not served is refused, saying why, to authenticated agents
+    // only (the reason may name a Secret).
+    let upstream = match &route {
+        Route::Serve(upstream) => upstream.as_ref(),
+        Route::Unavailable(why) => {
+            return call
+                .refuse(
+                    StatusCode::NOT_FOUND,
+                    &Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    AuditResult::Deny,
+                    &format!(
+                        "mcp_server_unavailable: MCP server {name:?} is not served ({}): {}",
+                        why.reason, why.message
+                    ),
+                    None,
+                )
+                .await;
+        }
+    };
+    let call = Call {
+        audit: call,
+        upstream,
+    };
     if !upstream.admits(&principal.id) {
         return call
             .refuse(
@@ -440,7 +530,7 @@ async fn handle(
 /// Refuse a caller that did not authenticate: 401 (with `WWW-Authenticate: Bearer`) for a
 /// missing, unknown, invalid or expired credential, 403 for a token whose user has no role, and
 /// 503 when the token could not be reviewed (fail closed). Audited without the credential.
-async fn unauthenticated(call: &Call<'_>, error: &AuthError) -> Response {
+async fn unauthenticated(call: &Audit<'_>, error: &AuthError) -> Response {
     let status = match error {
         AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AuthError::NoRole(_) => StatusCode::FORBIDDEN,

@@ -11,8 +11,13 @@
 //! Agents authenticate with an `agent` API key (`--api-keys`) and/or, with `--token-review`,
 //! with their Kubernetes ServiceAccount or `EphemeralIdentity` token, reviewed with the
 //! TokenReview API of the cluster the gateway runs in (at least one of the two is required).
+//!
+//! Upstreams come from the configuration file (`--config`), from the `MCPServer` objects of one
+//! namespace (`--mcp-servers-namespace`, watched: changes apply without a restart), or both (an
+//! object wins over a file upstream of the same name).
 
 use std::{
+    collections::HashMap,
     ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -31,7 +36,9 @@ use prometheus_client::registry::Registry;
 use super::{
     config::GatewayConfig,
     decider::{Decider, LocalDecider, RemoteDecider},
+    mcpservers::McpServerWatch,
     proxy::{self, Gateway},
+    routes::RouteTable,
 };
 use crate::decision::{
     auth::Authenticator,
@@ -48,9 +55,44 @@ use crate::decision::{
         .multiple(true)
 ))]
 pub struct GatewayArgs {
-    /// Gateway configuration (upstream MCP servers, their credentials, who may reach them).
-    #[arg(long, env = "OVERSEER_GATEWAY_CONFIG")]
-    pub config: PathBuf,
+    /// Gateway configuration file (upstream MCP servers, their credentials, who may reach them).
+    /// Optional with --mcp-servers-namespace.
+    #[arg(
+        long,
+        env = "OVERSEER_GATEWAY_CONFIG",
+        required_unless_present = "mcp_servers_namespace"
+    )]
+    pub config: Option<PathBuf>,
+    /// Also serve the MCPServer objects (agents.overseer.dev) of this namespace, watched: objects
+    /// created, changed or deleted apply without a restart; an object wins over a --config
+    /// upstream of the same name. Credentials are read from the Secrets they name (same
+    /// namespace). Needs RBAC get/list/watch on mcpservers and get on those Secrets there; the
+    /// Kubernetes client comes from the in-cluster configuration, else KUBECONFIG.
+    #[arg(
+        long,
+        env = "OVERSEER_GATEWAY_MCP_SERVERS_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub mcp_servers_namespace: Option<String>,
+    /// With --mcp-servers-namespace: seconds after which every credential Secret is read again
+    /// (a rotated or newly created Secret is served within this period; a changed MCPServer
+    /// re-reads its Secret at once).
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        requires = "mcp_servers_namespace"
+    )]
+    pub mcp_servers_refresh_seconds: u64,
+    /// Namespace of agents authenticated by API key (namespaced AgentPolicy objects only govern
+    /// principals of their namespace). Default: the configuration file's `agentNamespace`, else
+    /// $POD_NAMESPACE.
+    #[arg(
+        long,
+        env = "OVERSEER_GATEWAY_AGENT_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub agent_namespace: Option<String>,
     /// Address agents connect to (`http://ADDR/mcp/{upstream}`).
     #[arg(
         long,
@@ -192,16 +234,29 @@ pub async fn run_gateway(
     args: GatewayArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let config = GatewayConfig::from_yaml(&text)
-        .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", args.config.display()))?;
-    let upstreams = config
-        .resolve(|v| std::env::var(v).ok())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
-    let namespace = config
+    let (upstreams, file_namespace) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let config = GatewayConfig::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
+            // Watching MCPServers, the file may hold only agentNamespace.
+            let upstreams = if config.upstreams.is_empty() && args.mcp_servers_namespace.is_some() {
+                HashMap::new()
+            } else {
+                config
+                    .resolve(|v| std::env::var(v).ok())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            };
+            (upstreams, config.agent_namespace)
+        }
+        None if args.mcp_servers_namespace.is_some() => (HashMap::new(), None),
+        None => bail!("give --config FILE and/or --mcp-servers-namespace NAMESPACE: no upstreams"),
+    };
+    let namespace = args
         .agent_namespace
         .clone()
+        .or(file_namespace)
         .or_else(|| std::env::var("POD_NAMESPACE").ok());
     let auth = match args.api_keys_file() {
         Some(path) => Authenticator::from_file(path)?,
@@ -211,12 +266,18 @@ pub async fn run_gateway(
              --token-review (Kubernetes ServiceAccount / EphemeralIdentity tokens)"
         ),
     };
-    let tokens = match args.token_review_config() {
-        Some(config) => {
-            let client = kube::Client::try_default().await.context(
-                "--token-review needs a Kubernetes API server to review agent tokens, but no \
-                 in-cluster configuration or KUBECONFIG was found",
-            )?;
+    let client = if args.token_review || args.mcp_servers_namespace.is_some() {
+        Some(kube::Client::try_default().await.context(
+            "--token-review and --mcp-servers-namespace need a Kubernetes API server (to review \
+             agent tokens, to watch MCPServer objects), but no in-cluster configuration or \
+             KUBECONFIG was found",
+        )?)
+    } else {
+        None
+    };
+    let tokens = match (args.token_review_config(), &client) {
+        (Some(config), Some(client)) => {
+            let client = client.clone();
             tracing::info!(
                 audiences = ?config.audiences,
                 ttl_seconds = config.ttl.as_secs(),
@@ -224,7 +285,7 @@ pub async fn run_gateway(
             );
             Some(TokenReviewer::new(client, config))
         }
-        None => None,
+        _ => None,
     };
     let deadline = Duration::from_millis(args.decision_timeout_ms);
 
@@ -297,8 +358,28 @@ pub async fn run_gateway(
     };
 
     let max_body = usize::try_from(args.max_body_kib.saturating_mul(1024)).unwrap_or(usize::MAX);
-    let names: Vec<String> = upstreams.keys().cloned().collect();
-    let mut gateway = Gateway::new(decider, auth, upstreams, namespace).with_max_body(max_body);
+    let table = RouteTable::default();
+    let watch = match (&args.mcp_servers_namespace, client) {
+        (Some(ns), Some(client)) => {
+            let watch = McpServerWatch::new(client, ns, upstreams, table.clone())
+                .with_refresh(Duration::from_secs(args.mcp_servers_refresh_seconds));
+            Some(start_watch(watch, shutdown_rx.clone()).await?)
+        }
+        _ => {
+            table.store(
+                upstreams
+                    .into_iter()
+                    .map(|(name, u)| (name, super::routes::Route::Serve(Arc::new(u))))
+                    .collect(),
+            );
+            None
+        }
+    };
+    let mut names: Vec<String> = table.snapshot().keys().cloned().collect();
+    names.sort();
+    let mut gateway = Gateway::new(decider, auth, HashMap::new(), namespace)
+        .with_routes(table)
+        .with_max_body(max_body);
     if let Some(reviewer) = tokens {
         gateway = gateway.with_token_review(reviewer);
     }
@@ -307,13 +388,17 @@ pub async fn run_gateway(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, upstreams = ?names, "MCP gateway ready");
-    axum::serve(listener, proxy::router(gateway))
+    let served = axum::serve(listener, proxy::router(gateway))
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = shutdown_tx.send(true);
         })
         .await
-        .context("the gateway failed")?;
+        .context("the gateway failed");
+    if let Some(watch) = watch {
+        watch.abort();
+    }
+    served?;
     if let Some((server, persister)) = side_server {
         let _ = server.await;
         persister
@@ -325,6 +410,38 @@ pub async fn run_gateway(
         .map_err(|e| anyhow::anyhow!("cannot flush the audit log: {e}"))?;
     tracing::info!(?head, "audit log flushed");
     Ok(())
+}
+
+/// How long the first list of `MCPServer` objects may take before start-up fails.
+const WATCH_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Check that `MCPServer` objects can be listed, start the watch, and wait until the first
+/// complete list is in the table (so no request finds a server missing that exists).
+async fn start_watch(
+    watch: McpServerWatch,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    watch.check().await.map_err(anyhow::Error::msg)?;
+    let namespace = watch.namespace().to_owned();
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(watch.run(
+        move || {
+            let _ = synced_tx.send(());
+        },
+        async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        },
+    ));
+    match tokio::time::timeout(WATCH_STARTUP_TIMEOUT, synced_rx).await {
+        Ok(Ok(())) => Ok(task),
+        _ => {
+            task.abort();
+            bail!(
+                "the MCPServer objects of namespace {namespace} could not be loaded within {}s",
+                WATCH_STARTUP_TIMEOUT.as_secs()
+            )
+        }
+    }
 }
 
 /// Compile a policy directory (for tools/list filtering in remote mode).
@@ -366,6 +483,51 @@ mod tests {
                 .copied(),
         )
         .map(|w| w.gateway)
+    }
+
+    fn parse_without_config(flags: &[&str]) -> Result<GatewayArgs, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once(&"gateway").chain(flags).copied())
+            .map(|w| w.gateway)
+    }
+
+    #[test]
+    fn mcp_servers_namespace_makes_the_config_file_optional() {
+        let args = parse_without_config(&[
+            "--api-keys",
+            "keys.yaml",
+            "--mcp-servers-namespace",
+            "mcp",
+            "--mcp-servers-refresh-seconds",
+            "5",
+            "--agent-namespace",
+            "agents",
+        ])
+        .expect("parses");
+        assert_eq!(args.config, None);
+        assert_eq!(args.mcp_servers_namespace.as_deref(), Some("mcp"));
+        assert_eq!(args.mcp_servers_refresh_seconds, 5);
+        assert_eq!(args.agent_namespace.as_deref(), Some("agents"));
+        // Both: the file's upstreams and the objects.
+        let both = parse(&["--api-keys", "k", "--mcp-servers-namespace", "mcp"]).expect("parses");
+        assert_eq!(both.config, Some(PathBuf::from("gateway.yaml")));
+        assert_eq!(both.mcp_servers_refresh_seconds, 30);
+        // Neither: no upstreams at all.
+        let err = parse_without_config(&["--api-keys", "k"]).expect_err("no upstreams");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--config"), "{err}");
+        // The refresh period needs the watch, and stays in range.
+        assert!(parse(&["--api-keys", "k", "--mcp-servers-refresh-seconds", "5"]).is_err());
+        assert!(
+            parse_without_config(&[
+                "--api-keys",
+                "k",
+                "--mcp-servers-namespace",
+                "mcp",
+                "--mcp-servers-refresh-seconds",
+                "0"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
@@ -431,7 +593,7 @@ mod tests {
         .expect("write");
         // What a caller building the flags in code (not through clap) could pass.
         let mut args = parse(&["--api-keys", "unused"]).expect("parses");
-        args.config = config;
+        args.config = Some(config);
         args.api_keys = PathBuf::new();
         let err = run_gateway(args, async {}).await.expect_err("refused");
         let text = format!("{err:#}");
