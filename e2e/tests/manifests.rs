@@ -970,6 +970,27 @@ fn the_fleet_controllers_get_exactly_what_they_use() {
     bound_to_the_operator_only(binding.subjects, "overseer-manager-fleet");
 }
 
+#[test]
+fn the_mcpserver_controller_gets_exactly_what_it_uses() {
+    let objects = default_objects();
+    let role: ClusterRole = one(&objects, "ClusterRole", "overseer-manager-mcpserver");
+    // Credential Secrets are read by name only (does it exist, has it the key): never listed,
+    // watched or written. Reading MCPServers and writing their status is role.yaml's.
+    let expected: BTreeSet<(String, String, String)> =
+        triples("", "secrets", &["get"]).into_iter().collect();
+    assert_eq!(grants(&role), expected);
+    let binding: ClusterRoleBinding =
+        one(&objects, "ClusterRoleBinding", "overseer-manager-mcpserver");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "overseer-manager-mcpserver")
+    );
+    bound_to_the_operator_only(binding.subjects, "overseer-manager-mcpserver");
+}
+
 /// `config/gateway/{standalone,sidecar}`: the gateway container runs `overseer gateway` with flags
 /// overseer accepts, asks the decision service, listens where its `mcp` port says, reads every
 /// file from a mounted volume, and takes its upstreams from a ConfigMap holding a valid gateway

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod health;
 pub mod identity;
 pub mod leader;
+pub mod mcpserver;
 pub mod metrics;
 pub mod runtime;
 pub mod runway;

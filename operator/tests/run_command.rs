@@ -114,8 +114,9 @@ struct FakeApi {
 }
 
 /// The collections the controllers list and watch, cluster-wide.
-const WATCHED: [&str; 17] = [
+const WATCHED: [&str; 18] = [
     "/apis/agents.overseer.dev/v1alpha1/agentapprovals",
+    "/apis/agents.overseer.dev/v1alpha1/mcpservers",
     "/apis/fleet.overseer.dev/v1alpha1/fleetclusters",
     "/apis/fleet.overseer.dev/v1alpha1/fleetrollouts",
     "/apis/fleet.overseer.dev/v1alpha1/fleetapprovals",
@@ -538,6 +539,7 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
             "GET fleetrollouts",
             "GET inferenceruntimes",
             "GET leases",
+            "GET mcpservers",
             "GET namespaces",
             "GET rolebindings",
             "GET roles",
@@ -557,6 +559,7 @@ async fn run_serves_probes_leads_and_releases_the_lease_on_sigterm() {
             "WATCH fleetclusters",
             "WATCH fleetrollouts",
             "WATCH inferenceruntimes",
+            "WATCH mcpservers",
             "WATCH namespaces",
             "WATCH rolebindings",
             "WATCH roles",

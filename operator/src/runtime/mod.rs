@@ -39,6 +39,7 @@ pub fn controllers(engine: Arc<overseer_policy::engine::Engine>) -> ControllerSe
     set.register(IdentityController);
     set.register(crate::fleetcluster::controller::FleetClusterController);
     set.register(crate::fleetrollout::controller::FleetRolloutController::default());
+    set.register(crate::mcpserver::controller::MCPServerController);
     set.register(PolicyController::new(engine));
     set.register(crate::runway::controller::RunwayController::default());
     set
