@@ -15,12 +15,14 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser};
 use overseer_policy::audit::{AuditConfig, AuditLog, FileSinkConfig};
-use prometheus_client::registry::Registry;
 
 use super::{ExtAuthz, ExtAuthzConfig};
 use crate::{
     decision::{auth::Authenticator, standalone::ServeArgs},
-    gateway::decider::{Decider, LocalDecider, RemoteDecider},
+    gateway::{
+        decider::{Decider, RemoteDecider},
+        run::{InProcess, finish},
+    },
 };
 
 /// Flags of `overseer ext-authz`.
@@ -182,28 +184,11 @@ pub async fn run_ext_authz(
                 );
             };
             let serve = serve_args(&args, dir)?;
-            let mut registry = Registry::with_prefix(crate::metrics::PREFIX);
-            let (service, _catalog, _dir, persister) =
-                crate::decision::standalone::build(&serve, &mut registry)?;
-            let local = LocalDecider::new(Arc::clone(&service.engine), Arc::clone(&service.audit));
-            let app = crate::decision::router(Arc::clone(&service))
-                .merge(crate::metrics::registry_router(Arc::new(registry)));
-            let listener = tokio::net::TcpListener::bind(args.decision_listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.decision_listen))?;
-            tracing::info!(listen = %args.decision_listen, "decision API (approvals, usage) ready");
-            let mut rx = shutdown_rx.clone();
-            side_server = Some((
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.wait_for(|s| *s).await;
-                        })
-                        .await
-                }),
-                persister,
-            ));
-            (Arc::new(local), Arc::clone(&service.audit))
+            let local = InProcess::start(&serve, args.decision_listen, shutdown_rx.clone()).await?;
+            let decider = Arc::new(local.decider.clone());
+            let audit = Arc::clone(&local.audit);
+            side_server = Some(local);
+            (decider, audit)
         }
     };
 
@@ -223,17 +208,7 @@ pub async fn run_ext_authz(
         )
         .await
         .context("the ext_authz service failed")?;
-    if let Some((server, persister)) = side_server {
-        let _ = server.await;
-        persister
-            .stop()
-            .map_err(|e| anyhow::anyhow!("cannot persist counters: {e}"))?;
-    }
-    let head = audit
-        .flush()
-        .map_err(|e| anyhow::anyhow!("cannot flush the audit log: {e}"))?;
-    tracing::info!(?head, "audit log flushed");
-    Ok(())
+    finish(side_server, &audit).await
 }
 
 #[cfg(test)]

@@ -332,28 +332,11 @@ pub async fn run_gateway(
                 );
             };
             let serve = serve_args(&args, dir)?;
-            let mut registry = Registry::with_prefix(crate::metrics::PREFIX);
-            let (service, _catalog, _dir, persister) =
-                crate::decision::standalone::build(&serve, &mut registry)?;
-            let local = LocalDecider::new(Arc::clone(&service.engine), Arc::clone(&service.audit));
-            let app = crate::decision::router(Arc::clone(&service))
-                .merge(crate::metrics::registry_router(Arc::new(registry)));
-            let listener = tokio::net::TcpListener::bind(args.decision_listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.decision_listen))?;
-            tracing::info!(listen = %args.decision_listen, "decision API (approvals, usage) ready");
-            let mut rx = shutdown_rx.clone();
-            side_server = Some((
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.wait_for(|s| *s).await;
-                        })
-                        .await
-                }),
-                persister,
-            ));
-            (Arc::new(local), Arc::clone(&service.audit))
+            let local = InProcess::start(&serve, args.decision_listen, shutdown_rx.clone()).await?;
+            let decider = Arc::new(local.decider.clone());
+            let audit = Arc::clone(&local.audit);
+            side_server = Some(local);
+            (decider, audit)
         }
     };
 
@@ -399,9 +382,61 @@ pub async fn run_gateway(
         watch.abort();
     }
     served?;
-    if let Some((server, persister)) = side_server {
-        let _ = server.await;
-        persister
+    finish(side_server, &audit).await
+}
+
+/// The in-process decision engine of `overseer gateway` and `overseer ext-authz` (`--policies`
+/// without `--decision-url`): built as `overseer serve` builds it, with its decision API
+/// (approvals review, usage, metrics) served beside the enforcement point.
+pub(crate) struct InProcess {
+    /// Decides with the engine and audits to its log.
+    pub(crate) decider: LocalDecider,
+    /// The hash-chained audit log the decisions and refusals go to.
+    pub(crate) audit: Arc<AuditLog>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    persister: overseer_policy::limits::Persister,
+}
+
+impl InProcess {
+    /// Build the engine from `serve` and serve its decision API on `listen` until `shutdown`
+    /// turns true.
+    pub(crate) async fn start(
+        serve: &ServeArgs,
+        listen: SocketAddr,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let mut registry = Registry::with_prefix(crate::metrics::PREFIX);
+        let (service, _catalog, _dir, persister) =
+            crate::decision::standalone::build(serve, &mut registry)?;
+        let decider = LocalDecider::new(Arc::clone(&service.engine), Arc::clone(&service.audit));
+        let app = crate::decision::router(Arc::clone(&service))
+            .merge(crate::metrics::registry_router(Arc::new(registry)));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, "decision API (approvals, usage) ready");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Self {
+            decider,
+            audit: Arc::clone(&service.audit),
+            server,
+            persister,
+        })
+    }
+}
+
+/// After the enforcement point stopped: wait for the in-process decision API (if any) and write
+/// its counters, then flush the audit log.
+pub(crate) async fn finish(side: Option<InProcess>, audit: &AuditLog) -> anyhow::Result<()> {
+    if let Some(side) = side {
+        let _ = side.server.await;
+        side.persister
             .stop()
             .map_err(|e| anyhow::anyhow!("cannot persist counters: {e}"))?;
     }
