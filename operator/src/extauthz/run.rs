@@ -14,14 +14,14 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser};
-use overseer_policy::audit::{AuditConfig, AuditLog, FileSinkConfig};
+use overseer_policy::audit::AuditLog;
 
 use super::{ExtAuthz, ExtAuthzConfig};
 use crate::{
     decision::{auth::Authenticator, standalone::ServeArgs},
     gateway::{
-        decider::{Decider, RemoteDecider},
-        run::{InProcess, finish},
+        decider::Decider,
+        run::{InProcess, finish, remote_decider},
     },
 };
 
@@ -152,29 +152,13 @@ pub async fn run_ext_authz(
     let mut side_server = None;
     let (decider, audit): (Arc<dyn Decider>, Arc<AuditLog>) = match &args.decision_url {
         Some(url) => {
-            let key = match &args.decision_api_key_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => None,
-            };
-            let audit = Arc::new(
-                AuditLog::open(AuditConfig {
-                    file: Some(FileSinkConfig::new(&args.audit_file)),
-                    stdout: args.audit_stdout,
-                    ..AuditConfig::default()
-                })
-                .with_context(|| format!("cannot open {}", args.audit_file.display()))?,
-            );
-            let remote = RemoteDecider::new(
+            let (remote, audit) = remote_decider(
                 url,
-                key.as_deref(),
+                args.decision_api_key_file.as_deref(),
                 Duration::from_millis(args.decision_timeout_ms),
-            )?
-            .with_audit(Arc::clone(&audit));
+                &args.audit_file,
+                args.audit_stdout,
+            )?;
             (Arc::new(remote), audit)
         }
         None => {

@@ -293,24 +293,13 @@ pub async fn run_gateway(
     let mut side_server = None;
     let (decider, audit): (Arc<dyn Decider>, Arc<AuditLog>) = match &args.decision_url {
         Some(url) => {
-            let key = match &args.decision_api_key_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => None,
-            };
-            let audit = Arc::new(
-                AuditLog::open(AuditConfig {
-                    file: Some(FileSinkConfig::new(&args.audit_file)),
-                    ..AuditConfig::default()
-                })
-                .with_context(|| format!("cannot open {}", args.audit_file.display()))?,
-            );
-            let mut remote =
-                RemoteDecider::new(url, key.as_deref(), deadline)?.with_audit(Arc::clone(&audit));
+            let (mut remote, audit) = remote_decider(
+                url,
+                args.decision_api_key_file.as_deref(),
+                deadline,
+                &args.audit_file,
+                false,
+            )?;
             match &args.policies {
                 Some(dir) => {
                     let (compiled, problems) = compile_dir(dir)?;
@@ -383,6 +372,37 @@ pub async fn run_gateway(
     }
     served?;
     finish(side_server, &audit).await
+}
+
+/// A decider asking the decision service at `url` (authenticating with the key in `key_file`)
+/// under `deadline`, and the audit log of the enforcement point's own refusals (`audit_file`,
+/// and stdout when `stdout`).
+pub(crate) fn remote_decider(
+    url: &str,
+    key_file: Option<&Path>,
+    deadline: Duration,
+    audit_file: &Path,
+    stdout: bool,
+) -> anyhow::Result<(RemoteDecider, Arc<AuditLog>)> {
+    let key = match key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file: Some(FileSinkConfig::new(audit_file)),
+            stdout,
+            ..AuditConfig::default()
+        })
+        .with_context(|| format!("cannot open {}", audit_file.display()))?,
+    );
+    let remote = RemoteDecider::new(url, key.as_deref(), deadline)?.with_audit(Arc::clone(&audit));
+    Ok((remote, audit))
 }
 
 /// The in-process decision engine of `overseer gateway` and `overseer ext-authz` (`--policies`
