@@ -463,16 +463,7 @@ fn the_decision_api_gets_exactly_what_it_uses() {
             .into_iter()
             .collect();
     assert_eq!(grants(&role), expected);
-    let binding: ClusterRoleBinding =
-        one(&objects, "ClusterRoleBinding", "overseer-manager-decisions");
-    assert_eq!(
-        (
-            binding.role_ref.kind.as_str(),
-            binding.role_ref.name.as_str()
-        ),
-        ("ClusterRole", "overseer-manager-decisions")
-    );
-    bound_to_the_operator_only(binding.subjects, "overseer-manager-decisions");
+    cluster_role_bound_to_the_operator(&objects, "overseer-manager-decisions");
 }
 
 /// Every (group, resource) the CRDs define, subresources included.
@@ -586,6 +577,23 @@ fn triples(group: &str, resource: &str, verbs: &[&str]) -> Vec<(String, String, 
         .iter()
         .map(|verb| (group.to_string(), resource.to_string(), verb.to_string()))
         .collect()
+}
+
+/// Assert that the ClusterRoleBinding `name` binds the ClusterRole `name` to the operator's
+/// ServiceAccount and nothing else.
+fn cluster_role_bound_to_the_operator(
+    objects: &BTreeMap<String, Vec<(PathBuf, Value)>>,
+    name: &str,
+) {
+    let binding: ClusterRoleBinding = one(objects, "ClusterRoleBinding", name);
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", name)
+    );
+    bound_to_the_operator_only(binding.subjects, name);
 }
 
 /// Assert that `subjects` is the operator's ServiceAccount and nothing else.
@@ -718,15 +726,7 @@ fn the_operator_gets_exactly_what_it_uses() {
         "overseer-identity-manager",
         "overseer-identity-grantable",
     ] {
-        let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding", name);
-        assert_eq!(
-            (
-                binding.role_ref.kind.as_str(),
-                binding.role_ref.name.as_str()
-            ),
-            ("ClusterRole", name)
-        );
-        bound_to_the_operator_only(binding.subjects, name);
+        cluster_role_bound_to_the_operator(&objects, name);
     }
     let role_binding: RoleBinding = one(&objects, "RoleBinding", "overseer-leader-election");
     assert_eq!(
@@ -939,16 +939,7 @@ fn the_runway_controller_gets_exactly_what_it_uses() {
             .iter()
             .all(|(group, _, _)| !group.ends_with(".overseer.dev"))
     );
-    let binding: ClusterRoleBinding =
-        one(&objects, "ClusterRoleBinding", "overseer-manager-runway");
-    assert_eq!(
-        (
-            binding.role_ref.kind.as_str(),
-            binding.role_ref.name.as_str()
-        ),
-        ("ClusterRole", "overseer-manager-runway")
-    );
-    bound_to_the_operator_only(binding.subjects, "overseer-manager-runway");
+    cluster_role_bound_to_the_operator(&objects, "overseer-manager-runway");
 }
 
 #[test]
@@ -959,15 +950,7 @@ fn the_fleet_controllers_get_exactly_what_they_use() {
     let expected: BTreeSet<(String, String, String)> =
         triples("", "secrets", &["get"]).into_iter().collect();
     assert_eq!(grants(&fleet), expected);
-    let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding", "overseer-manager-fleet");
-    assert_eq!(
-        (
-            binding.role_ref.kind.as_str(),
-            binding.role_ref.name.as_str()
-        ),
-        ("ClusterRole", "overseer-manager-fleet")
-    );
-    bound_to_the_operator_only(binding.subjects, "overseer-manager-fleet");
+    cluster_role_bound_to_the_operator(&objects, "overseer-manager-fleet");
 }
 
 #[test]
@@ -979,16 +962,7 @@ fn the_mcpserver_controller_gets_exactly_what_it_uses() {
     let expected: BTreeSet<(String, String, String)> =
         triples("", "secrets", &["get"]).into_iter().collect();
     assert_eq!(grants(&role), expected);
-    let binding: ClusterRoleBinding =
-        one(&objects, "ClusterRoleBinding", "overseer-manager-mcpserver");
-    assert_eq!(
-        (
-            binding.role_ref.kind.as_str(),
-            binding.role_ref.name.as_str()
-        ),
-        ("ClusterRole", "overseer-manager-mcpserver")
-    );
-    bound_to_the_operator_only(binding.subjects, "overseer-manager-mcpserver");
+    cluster_role_bound_to_the_operator(&objects, "overseer-manager-mcpserver");
 }
 
 /// `config/gateway/{standalone,sidecar}`: the gateway container runs `overseer gateway` with flags
@@ -1300,19 +1274,7 @@ fn the_fleet_rollout_controller_gets_exactly_what_it_uses() {
     .flatten()
     .collect();
     assert_eq!(grants(&role), expected);
-    let binding: ClusterRoleBinding = one(
-        &objects,
-        "ClusterRoleBinding",
-        "overseer-manager-fleetrollout",
-    );
-    assert_eq!(
-        (
-            binding.role_ref.kind.as_str(),
-            binding.role_ref.name.as_str()
-        ),
-        ("ClusterRole", "overseer-manager-fleetrollout")
-    );
-    bound_to_the_operator_only(binding.subjects, "overseer-manager-fleetrollout");
+    cluster_role_bound_to_the_operator(&objects, "overseer-manager-fleetrollout");
 }
 
 #[test]

@@ -15,10 +15,11 @@ use envoy_types::{
     },
 };
 use operator::{
-    decision::{auth::Authenticator, catalog::PolicyCatalog, files::parse_policies},
+    decision::{auth::Authenticator, files::parse_policies},
     extauthz::{ExtAuthz, ExtAuthzConfig},
     gateway::decider::{Decider, LocalDecider, RemoteDecider, UNAVAILABLE},
 };
+use overseer_policy::compile::compile;
 use overseer_policy::{
     approvals::InMemoryApprovals,
     audit::{AuditConfig, AuditLog, FileSinkConfig},
@@ -62,18 +63,10 @@ struct Fixture {
 }
 
 fn engine() -> Arc<Engine> {
-    let mut catalog = PolicyCatalog::new();
-    for source in parse_policies(POLICIES).expect("policies parse") {
-        catalog.upsert(source);
-    }
-    let rebuild = catalog.rebuild();
-    assert!(
-        rebuild.reports.iter().all(|r| r.is_ok()),
-        "{:?}",
-        rebuild.reports
-    );
+    let compilation = compile(&parse_policies(POLICIES).expect("policies parse"));
+    assert!(compilation.is_ok(), "{:?}", compilation.reports);
     Arc::new(Engine::with_state(
-        rebuild.compilation.compiled,
+        compilation.compiled,
         Arc::new(LimitState::new(LimitsConfig::default())),
         Arc::new(InMemoryApprovals::default()),
     ))

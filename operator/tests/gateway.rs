@@ -19,7 +19,7 @@ use axum::{
 use chrono::Utc;
 use clap::Parser as _;
 use operator::{
-    decision::{auth::Authenticator, catalog::PolicyCatalog, files::parse_policies},
+    decision::{auth::Authenticator, files::parse_policies},
     gateway::{
         config::GatewayConfig,
         decider::{Decider, LocalDecider, RemoteDecider, UNAVAILABLE},
@@ -27,6 +27,7 @@ use operator::{
         proxy::{Gateway, router},
     },
 };
+use overseer_policy::compile::compile;
 use overseer_policy::{
     approvals::Verdict as Review,
     audit::{AuditConfig, AuditLog, FileSinkConfig},
@@ -177,17 +178,9 @@ struct Fixture {
 }
 
 fn engine() -> Arc<Engine> {
-    let mut catalog = PolicyCatalog::new();
-    for source in parse_policies(POLICIES).expect("policies parse") {
-        catalog.upsert(source);
-    }
-    let rebuild = catalog.rebuild();
-    assert!(
-        rebuild.reports.iter().all(|r| r.is_ok()),
-        "{:?}",
-        rebuild.reports
-    );
-    Arc::new(Engine::new(rebuild.compilation.compiled))
+    let compilation = compile(&parse_policies(POLICIES).expect("policies parse"));
+    assert!(compilation.is_ok(), "{:?}", compilation.reports);
+    Arc::new(Engine::new(compilation.compiled))
 }
 
 async fn fixture_with(

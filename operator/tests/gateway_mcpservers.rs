@@ -26,7 +26,7 @@ use axum::{
     routing::{get, post},
 };
 use operator::{
-    decision::{auth::Authenticator, catalog::PolicyCatalog, files::parse_policies},
+    decision::{auth::Authenticator, files::parse_policies},
     gateway::{
         config::GatewayConfig,
         decider::{Decider, LocalDecider},
@@ -35,6 +35,7 @@ use operator::{
         routes::{Route, RouteTable},
     },
 };
+use overseer_policy::compile::compile;
 use overseer_policy::{
     audit::{AuditConfig, AuditLog, FileSinkConfig},
     engine::Engine,
@@ -402,17 +403,9 @@ struct Fixture {
 }
 
 fn engine() -> Arc<Engine> {
-    let mut catalog = PolicyCatalog::new();
-    for source in parse_policies(POLICIES).expect("policies parse") {
-        catalog.upsert(source);
-    }
-    let rebuild = catalog.rebuild();
-    assert!(
-        rebuild.reports.iter().all(|r| r.is_ok()),
-        "{:?}",
-        rebuild.reports
-    );
-    Arc::new(Engine::new(rebuild.compilation.compiled))
+    let compilation = compile(&parse_policies(POLICIES).expect("policies parse"));
+    assert!(compilation.is_ok(), "{:?}", compilation.reports);
+    Arc::new(Engine::new(compilation.compiled))
 }
 
 /// A gateway watching namespace `mcp` of `api` (the objects and Secrets set up before are there

@@ -21,7 +21,6 @@ use futures::future::BoxFuture;
 use operator::{
     decision::{
         auth::Authenticator,
-        catalog::PolicyCatalog,
         files::parse_policies,
         tokenreview::{TokenReviewConfig, TokenReviewer},
     },
@@ -32,6 +31,7 @@ use operator::{
         proxy::{Gateway, router},
     },
 };
+use overseer_policy::compile::compile;
 use overseer_policy::{
     audit::{AuditConfig, AuditEvent, AuditLog, FileSinkConfig},
     engine::Engine,
@@ -268,17 +268,9 @@ struct Fixture {
 }
 
 fn engine() -> Arc<Engine> {
-    let mut catalog = PolicyCatalog::new();
-    for source in parse_policies(POLICIES).expect("policies parse") {
-        catalog.upsert(source);
-    }
-    let rebuild = catalog.rebuild();
-    assert!(
-        rebuild.reports.iter().all(|r| r.is_ok()),
-        "{:?}",
-        rebuild.reports
-    );
-    Arc::new(Engine::new(rebuild.compilation.compiled))
+    let compilation = compile(&parse_policies(POLICIES).expect("policies parse"));
+    assert!(compilation.is_ok(), "{:?}", compilation.reports);
+    Arc::new(Engine::new(compilation.compiled))
 }
 
 /// The gateway with API keys and a TokenReviewer over `client`, in front of the fake MCP server.
