@@ -123,7 +123,7 @@ impl IdentityGate {
                 .zip(principal.service_account.as_deref()),
         };
         if let Some((namespace, name)) = service_account {
-            let owner = self.store.state().into_iter().find(|identity| {
+            let owner = self.store.find(|identity| {
                 identity.namespace().as_deref() == Some(namespace)
                     && identity
                         .status
