@@ -1,5 +1,6 @@
 //! Runtime authorization on a real cluster: the AgentPolicy controller and the decision API of
-//! `overseer run`, in-process and wired as `operator::runtime::run` wires them — one engine that
+//! `overseer run`, in-process and wired by the code `operator::runtime::run` uses
+//! (`agentpolicy::service::in_cluster`) — one engine that
 //! the policy controller keeps equal to the cluster's AgentPolicy objects, approvals kept as
 //! AgentApproval objects (`KubeApprovals`, its driver and the approval ledger), the identity gate
 //! over a watch of every EphemeralIdentity, TokenReview authentication of Kubernetes tokens and
@@ -36,15 +37,9 @@ use kube::{
 use operator::{
     agentpolicy::{
         controller::PolicyController,
-        gate::IdentityGate,
-        service::{self, CHECK_APPROVALS, CHECK_IDENTITIES, DecisionArgs, DecisionRuntime},
+        service::{self, ClusterClients, DecisionArgs, DecisionRuntime},
     },
-    controller::{Context, Controller as _, Diagnostics, EventRecorder, mark_ready_when_synced},
-    decision::{
-        approvals::{KubeApprovals, KubeApprovalsConfig},
-        gate::KubeRevoker,
-        tokenreview::TokenReviewer,
-    },
+    controller::{Context, Controller as _, Diagnostics, EventRecorder},
     health::Readiness,
     identity::controller::IdentityController,
     leader::LeaderState,
@@ -185,37 +180,22 @@ async fn fixture(test: &str, identities: bool) -> anyhow::Result<Option<Fixture>
         diagnostics: Diagnostics::default(),
     });
 
-    // As `overseer run` wires them: one engine, kept current by the policy controller and
-    // answered from by the decision API; approvals are AgentApproval objects; the identity gate
-    // is asked before any policy; Kubernetes tokens are reviewed with TokenReview.
-    let (approvals, driver) = KubeApprovals::new(
-        approvals_client(&cluster).await?,
-        KubeApprovalsConfig::new(namespace.name()),
-    );
-    let engine = service::engine(&args, approvals.clone())?;
+    // Wired by the same code as `overseer run`: one engine, kept current by the policy
+    // controller and answered from by the decision API; approvals are AgentApproval objects; the
+    // identity gate is asked before any policy; Kubernetes tokens are reviewed with TokenReview.
     let mut metrics = Metrics::new();
-    let decisions = service::build(&args, engine.clone(), metrics.registry_mut(), |service| {
-        let identities_ready = readiness.register(CHECK_IDENTITIES);
-        let (gate, store, _task) = IdentityGate::watch(client.clone(), shutdown.clone());
-        mark_ready_when_synced(store, identities_ready, shutdown.clone());
-        service
-            .with_gate(Arc::new(gate))
-            .with_token_review(TokenReviewer::new(
-                client.clone(),
-                args.token_review_config(),
-            ))
-            .with_revoker(Arc::new(KubeRevoker::new(client.clone())))
-            .with_approval_ledger(approvals.clone())
-    })?
-    .ok_or_else(|| anyhow!("the decision API is not enabled"))?;
-    let approvals_ready = readiness.register(CHECK_APPROVALS);
-    let stopped = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = stopped.cancelled() => {}
-            () = driver.with_ready(approvals_ready).run() => {}
-        }
-    });
+    let (engine, decisions) = service::in_cluster(
+        &args,
+        ClusterClients {
+            client: client.clone(),
+            approvals: approvals_client(&cluster).await?,
+            default_approval_namespace: namespace.name().to_owned(),
+        },
+        &readiness,
+        metrics.registry_mut(),
+        &shutdown,
+    )?;
+    let decisions = decisions.ok_or_else(|| anyhow!("the decision API is not enabled"))?;
 
     let policies_ready = readiness.register("controller/agentpolicy");
     tokio::spawn(Box::new(PolicyController::new(engine)).run(

@@ -232,6 +232,89 @@ pub fn build(
     }))
 }
 
+/// Where the in-cluster decision service gets its Kubernetes access.
+#[derive(Clone)]
+pub struct ClusterClients {
+    /// Watches EphemeralIdentities (the gate), reviews tokens and revokes identities.
+    pub client: kube::Client,
+    /// Creates AgentApproval objects and writes their status (the operator's own identity: the
+    /// shipped admission policy lets only the operator create them).
+    pub approvals: kube::Client,
+    /// Namespace of approvals whose agent has no ServiceAccount, unless
+    /// `--decision-approval-namespace` says otherwise.
+    pub default_approval_namespace: String,
+}
+
+impl std::fmt::Debug for ClusterClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClients")
+            .field(
+                "default_approval_namespace",
+                &self.default_approval_namespace,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The decision engine of `overseer run` and, when `--decision-listen` is given, the decision
+/// API over it, wired for a cluster: callers' Kubernetes tokens reviewed with TokenReview, the
+/// identity gate consulted before any policy, approvals as AgentApproval objects whose use is
+/// confirmed at the API server, and the identity kill switch. Registers the gate's and the
+/// approvals' readiness checks in `readiness` and runs their watches until `shutdown`. Without
+/// `--decision-listen` the engine (still kept current by the policy controller) holds approvals
+/// in memory and nothing is served.
+pub fn in_cluster(
+    args: &DecisionArgs,
+    clients: ClusterClients,
+    readiness: &crate::health::Readiness,
+    registry: &mut Registry,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(Arc<Engine>, Option<DecisionRuntime>)> {
+    use crate::decision::{
+        approvals::{KubeApprovals, KubeApprovalsConfig},
+        gate::KubeRevoker,
+        tokenreview::TokenReviewer,
+    };
+    if args.decision_listen.is_none() {
+        let engine = engine(
+            args,
+            Arc::new(overseer_policy::approvals::InMemoryApprovals::default()),
+        )?;
+        return Ok((engine, None));
+    }
+    let namespace = args
+        .decision_approval_namespace
+        .clone()
+        .unwrap_or(clients.default_approval_namespace);
+    let (approvals, driver) =
+        KubeApprovals::new(clients.approvals, KubeApprovalsConfig::new(namespace));
+    let engine = engine(args, approvals.clone())?;
+    let client = clients.client;
+    let decisions = build(args, engine.clone(), registry, |service| {
+        let identities_ready = readiness.register(CHECK_IDENTITIES);
+        let (gate, store, _task) =
+            super::gate::IdentityGate::watch(client.clone(), shutdown.clone());
+        crate::controller::mark_ready_when_synced(store, identities_ready, shutdown.clone());
+        let approvals_ready = readiness.register(CHECK_APPROVALS);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = driver.with_ready(approvals_ready).run() => {}
+            }
+        });
+        service
+            .with_gate(Arc::new(gate))
+            .with_token_review(TokenReviewer::new(
+                client.clone(),
+                args.token_review_config(),
+            ))
+            .with_revoker(Arc::new(KubeRevoker::new(client.clone())))
+            .with_approval_ledger(approvals)
+    })?;
+    Ok((engine, decisions))
+}
+
 impl DecisionRuntime {
     /// The decision API's routes: the same router as `overseer serve`.
     pub fn router(&self) -> axum::Router {

@@ -8,20 +8,14 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use axum::Router;
 use kube::Client;
-use overseer_policy::approvals::{ApprovalStore, InMemoryApprovals};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    agentpolicy::{self, controller::PolicyController, gate::IdentityGate},
+    agentpolicy::{self, controller::PolicyController},
     cli::RunArgs,
     controller::{Context, ControllerSet, Diagnostics, EventRecorder},
-    decision::{
-        approvals::{KubeApprovals, KubeApprovalsConfig},
-        gate::KubeRevoker,
-        tokenreview::TokenReviewer,
-    },
     health::{self, CHECK_CRDS, CHECK_KUBERNETES_API, Readiness},
     identity::controller::IdentityController,
     leader::{self, LeaseConfig},
@@ -72,52 +66,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Register every controller's readiness check before `/readyz` is served, so no probe can
     // see the operator ready in the moment between the servers starting and the controllers.
-    // With the decision API on, approvals are AgentApproval objects every replica sees (a human
-    // approves with kubectl); the engine consults them through the store.
-    let mut kube_approvals = args.decision.decision_listen.map(|_| {
-        let namespace = args
-            .decision
-            .decision_approval_namespace
-            .clone()
-            .unwrap_or_else(|| args.lease_namespace.clone());
-        KubeApprovals::new(client.clone(), KubeApprovalsConfig::new(namespace))
-    });
-    let approvals: Arc<dyn ApprovalStore> = match &kube_approvals {
-        Some((store, _)) => store.clone(),
-        None => Arc::new(InMemoryApprovals::default()),
-    };
-    let engine = agentpolicy::service::engine(&args.decision, approvals)?;
+    // The decision engine the policy controller keeps current on every replica and, with
+    // --decision-listen, the decision API answering from it (see `agentpolicy::service::in_cluster`).
+    let mut metrics = Metrics::new();
+    let (engine, decisions) = agentpolicy::service::in_cluster(
+        &args.decision,
+        agentpolicy::service::ClusterClients {
+            client: client.clone(),
+            approvals: client.clone(),
+            default_approval_namespace: args.lease_namespace.clone(),
+        },
+        &readiness,
+        metrics.registry_mut(),
+        &shutdown,
+    )?;
     let set = controllers(engine.clone());
     for name in set.names() {
         readiness.register(format!("controller/{name}"));
     }
 
-    // The decision API answers on every replica from the engine the policy controller keeps
-    // current. Callers authenticate with their Kubernetes token (TokenReview) or an API key; a
-    // revoked or expired EphemeralIdentity is denied before any policy is consulted; a use of an
-    // approval is recorded on its AgentApproval before the call is allowed (single use across
-    // replicas); admins have the identity kill switch.
-    let mut metrics = Metrics::new();
-    let mut approvals_driver = None;
-    let decisions =
-        agentpolicy::service::build(&args.decision, engine, metrics.registry_mut(), |service| {
-            let identities_ready = readiness.register(agentpolicy::service::CHECK_IDENTITIES);
-            let (gate, store, _task) = IdentityGate::watch(client.clone(), shutdown.clone());
-            crate::controller::mark_ready_when_synced(store, identities_ready, shutdown.clone());
-            let mut service = service
-                .with_gate(Arc::new(gate))
-                .with_token_review(TokenReviewer::new(
-                    client.clone(),
-                    args.decision.token_review_config(),
-                ))
-                .with_revoker(Arc::new(KubeRevoker::new(client.clone())));
-            if let Some((store, driver)) = kube_approvals.take() {
-                let ready = readiness.register(agentpolicy::service::CHECK_APPROVALS);
-                approvals_driver = Some(tokio::spawn(driver.with_ready(ready).run()));
-                service = service.with_approval_ledger(store);
-            }
-            service
-        })?;
     let metrics = Arc::new(metrics);
     let decision_router = decisions.as_ref().map(|d| (d.listen, d.router()));
     let mut servers = serve(
@@ -184,9 +151,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             warn!(error = %e, "leader election task failed");
         }
         servers.join().await;
-        if let Some(driver) = approvals_driver {
-            driver.abort();
-        }
         // No decision is in flight any more: flush the audit log and the counters.
         if let Some(Err(e)) = decisions.map(agentpolicy::service::DecisionRuntime::stop) {
             warn!(error = %e, "cannot stop the decision service cleanly");
