@@ -1349,7 +1349,7 @@ fn ext_authz_component_runs_overseer_ext_authz_and_envoy_points_at_it() {
         );
     }
     for file in [
-        &ext.api_keys,
+        ext.api_keys.as_ref().expect("agent keys"),
         ext.decision_api_key_file.as_ref().expect("key"),
     ] {
         assert!(

@@ -586,7 +586,8 @@ async fn fail_closed_when_the_decision_service_is_unreachable() {
     assert_eq!(v["error"]["code"], jsonrpc::DENIED);
     assert_eq!(v["error"]["data"]["reasons"][0]["code"], UNAVAILABLE);
     assert!(tool_calls_seen(&f).is_empty());
-    // Without a policy view the list passes unfiltered (every call is still decided).
+    // Which tools the agent may see cannot be told either: the list is withheld, and audited.
+    let before = audit_records(&f).len();
     let list = rpc(
         &f,
         A,
@@ -595,7 +596,17 @@ async fn fail_closed_when_the_decision_service_is_unreachable() {
     )
     .await
     .json();
-    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(4));
+    assert_eq!(list["id"], 2, "{list}");
+    assert!(list.get("result").is_none(), "{list}");
+    assert_eq!(list["error"]["code"], jsonrpc::DENIED);
+    assert!(
+        list["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(UNAVAILABLE),
+        "{list}"
+    );
+    assert_eq!(audit_records(&f).len(), before + 1);
 }
 
 #[tokio::test]
@@ -635,6 +646,13 @@ async fn fail_closed_when_the_decision_service_is_slow_or_failing() {
 
 #[tokio::test]
 async fn remote_decider_gets_real_decisions_from_the_decision_service() {
+    // tools/list filtered from a local compile of the policies, and by asking the service.
+    for local_policies in [true, false] {
+        remote_decider_case(local_policies).await;
+    }
+}
+
+async fn remote_decider_case(local_policies: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).expect("mkdir");
@@ -660,16 +678,18 @@ async fn remote_decider_gets_real_decisions_from_the_decision_service() {
     .expect("decision service");
     let addr = spawn(operator::decision::router(service)).await;
     let f = fixture_with(|e, audit| {
-        Arc::new(
-            RemoteDecider::new(
-                &format!("http://{addr}"),
-                Some("gateway-key-0123456789"),
-                Duration::from_secs(2),
-            )
-            .expect("remote")
-            .with_policies(e)
-            .with_audit(audit),
+        let remote = RemoteDecider::new(
+            &format!("http://{addr}"),
+            Some("gateway-key-0123456789"),
+            Duration::from_secs(2),
         )
+        .expect("remote")
+        .with_audit(audit);
+        Arc::new(if local_policies {
+            remote.with_policies(e)
+        } else {
+            remote
+        })
     })
     .await;
     let sid = initialize(&f, A).await;
@@ -694,7 +714,12 @@ async fn remote_decider_gets_real_decisions_from_the_decision_service() {
     )
     .await
     .json();
-    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(2));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), 2, "local policies: {local_policies}: {list}");
+    assert!(!names.contains(&"delete_all"), "{list}");
 }
 
 #[tokio::test]

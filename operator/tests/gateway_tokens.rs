@@ -1,7 +1,8 @@
 //! The MCP gateway authenticating agents by their Kubernetes ServiceAccount (or
 //! `EphemeralIdentity`) token: the TokenReview API is answered by a `tower-test` mock API server,
 //! the gateway's router is driven in-process with `oneshot` in front of a fake MCP server on
-//! 127.0.0.1, and a recording decider keeps every `DecisionRequest` the gateway built.
+//! 127.0.0.1, and a recording decider keeps every `DecisionRequest` the gateway built. The Envoy
+//! ext_authz service takes the same tokens the same way (the last tests).
 
 use std::{
     net::SocketAddr,
@@ -17,6 +18,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use envoy_types::{
+    ext_authz::v3::pb::{CheckRequest, CheckResponse},
+    pb::envoy::service::auth::v3::{
+        AttributeContext,
+        attribute_context::{HttpRequest, Request as EnvoyRequest},
+    },
+};
 use futures::future::BoxFuture;
 use operator::{
     decision::{
@@ -24,6 +32,7 @@ use operator::{
         files::parse_policies,
         tokenreview::{TokenReviewConfig, TokenReviewer},
     },
+    extauthz::{ExtAuthz, ExtAuthzConfig},
     gateway::{
         config::GatewayConfig,
         decider::{Decider, LocalDecider, Verdict},
@@ -205,8 +214,13 @@ impl Decider for RecordingDecider {
         self.inner.commit_usage(decision_id, usage)
     }
 
-    fn may_allow(&self, principal: &Principal, server: Option<&str>, tool: &str) -> Option<bool> {
-        self.inner.may_allow(principal, server, tool)
+    fn permitted_tools<'a>(
+        &'a self,
+        principal: &'a Principal,
+        server: Option<&'a str>,
+        tools: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        self.inner.permitted_tools(principal, server, tools)
     }
 
     fn record(&self, event: AuditEvent) -> BoxFuture<'_, Result<(), String>> {
@@ -745,4 +759,158 @@ async fn a_session_of_one_service_account_is_refused_to_another() {
         2,
         "{audit}"
     );
+}
+
+/// The ext_authz service with the same keys, engine and TokenReviewer as the gateway fixture.
+struct ExtFixture {
+    service: ExtAuthz,
+    decider: Arc<RecordingDecider>,
+    audit: Arc<AuditLog>,
+    audit_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn ext_fixture(client: kube::Client) -> ExtFixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_path = dir.path().join("audit.jsonl");
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file: Some(FileSinkConfig::new(&audit_path)),
+            ..AuditConfig::default()
+        })
+        .expect("audit"),
+    );
+    let decider = Arc::new(RecordingDecider {
+        inner: LocalDecider::new(engine(), Arc::clone(&audit)),
+        asked: Mutex::default(),
+    });
+    let service = ExtAuthz::new(
+        Arc::clone(&decider) as Arc<dyn Decider>,
+        Authenticator::from_yaml(KEYS).expect("keys"),
+        ExtAuthzConfig {
+            default_server: Some("fake".into()),
+            agent_namespace: Some("default".into()),
+            ..ExtAuthzConfig::default()
+        },
+    )
+    .with_token_review(TokenReviewer::new(
+        client,
+        TokenReviewConfig {
+            audiences: vec![AUDIENCE.into()],
+            ..TokenReviewConfig::default()
+        },
+    ));
+    ExtFixture {
+        service,
+        decider,
+        audit,
+        audit_path,
+        _dir: dir,
+    }
+}
+
+/// Ask ext_authz about an MCP `tools/call` of `tool` sent with `credential`; the gRPC status
+/// code of the answer (0 OK, 7 permission denied, 14 unavailable, 16 unauthenticated).
+async fn ext_check(f: &ExtFixture, credential: &str, tool: &str) -> (i32, CheckResponse) {
+    let http = HttpRequest {
+        id: "req-1".into(),
+        method: "POST".into(),
+        path: "/mcp".into(),
+        host: "tools.internal".into(),
+        headers: [
+            ("content-type", "application/json".to_owned()),
+            ("authorization", format!("Bearer {credential}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        body: call(1, tool, json!({})).to_string(),
+        ..HttpRequest::default()
+    };
+    let response = f
+        .service
+        .check(CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(EnvoyRequest {
+                    time: None,
+                    http: Some(http),
+                }),
+                ..AttributeContext::default()
+            }),
+        })
+        .await;
+    (response.status.as_ref().map_or(-1, |s| s.code), response)
+}
+
+fn ext_audit(f: &ExtFixture) -> String {
+    f.audit.flush().expect("flush");
+    std::fs::read_to_string(&f.audit_path).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn ext_authz_takes_service_account_tokens_as_their_service_account() {
+    let (client, reviews) = mock_api_server();
+    let f = ext_fixture(client);
+    // Reviewed once; the ServiceAccount is the principal, so its namespaced policy decides.
+    let (code, answer) = ext_check(&f, SUPPORT, "echo").await;
+    assert_eq!(code, 0, "{answer:?}");
+    let (code, answer) = ext_check(&f, SUPPORT, "delete_all").await;
+    assert_eq!(code, 7, "{answer:?}");
+    // An API key still works, without any review.
+    let (code, answer) = ext_check(&f, BOT_A, "refund").await;
+    assert_eq!(code, 0, "{answer:?}");
+    // An agent API key naming a ServiceAccount is still no ServiceAccount: no policy governs it.
+    let (code, answer) = ext_check(&f, IMPOSTOR, "echo").await;
+    assert_eq!(code, 7, "{answer:?}");
+    let asked: Vec<Principal> = f
+        .decider
+        .asked
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|r| r.principal.clone())
+        .collect();
+    assert_eq!(asked[0], support_principal());
+    assert_eq!(asked[1], support_principal());
+    assert_eq!(asked[2].id, "bot-a");
+    assert_eq!(asked[3].kind, Some(PrincipalKind::Agent));
+    assert_eq!(asked[3].service_account, None);
+    // Refused: an expired token (401), a user that is no ServiceAccount (403).
+    let (code, answer) = ext_check(&f, EXPIRED, "echo").await;
+    assert_eq!(code, 16, "{answer:?}");
+    let (code, answer) = ext_check(&f, ALICE, "echo").await;
+    assert_eq!(code, 7, "{answer:?}");
+    assert_eq!(reviewed_tokens(&reviews), [SUPPORT, EXPIRED, ALICE]);
+    assert_eq!(f.decider.asked.lock().map(|a| a.len()).unwrap_or(0), 4);
+    let audit = ext_audit(&f);
+    assert_eq!(audit.lines().count(), 6, "{audit}");
+    for token in [SUPPORT, EXPIRED, ALICE, BOT_A] {
+        assert!(
+            !audit.contains(token),
+            "a credential reached the audit log: {audit}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ext_authz_fails_closed_when_a_token_cannot_be_reviewed() {
+    // The API server refuses the review (no RBAC), or cannot be reached at all.
+    for (client, token) in [
+        (mock_api_server().0, NO_RBAC),
+        (unreachable_api_server(), SUPPORT),
+    ] {
+        let f = ext_fixture(client);
+        let (code, answer) = ext_check(&f, token, "echo").await;
+        assert_eq!(code, 14, "{answer:?}");
+        assert!(
+            f.decider
+                .asked
+                .lock()
+                .map(|a| a.is_empty())
+                .unwrap_or(false)
+        );
+        let audit = ext_audit(&f);
+        assert!(audit.contains("authentication_unavailable"), "{audit}");
+        assert!(!audit.contains(token), "{audit}");
+    }
 }

@@ -42,6 +42,7 @@ fn append(c: &mut Criterion) {
         file: Some(FileSinkConfig::new(dir.path().join("audit.log"))),
         stdout: false,
         queue_capacity: 8192,
+        ..AuditConfig::default()
     })
     .expect("open audit log");
     let mut group = c.benchmark_group("audit");

@@ -46,6 +46,7 @@ fn file_log(path: &Path, queue: usize) -> AuditLog {
         file: Some(FileSinkConfig::new(path)),
         stdout: false,
         queue_capacity: queue,
+        ..AuditConfig::default()
     })
     .expect("open audit log")
 }
@@ -279,6 +280,7 @@ fn rotation_keeps_the_chain_across_files() {
         }),
         stdout: false,
         queue_capacity: 8,
+        ..AuditConfig::default()
     })
     .expect("open");
     for i in 0..60 {
@@ -329,6 +331,7 @@ fn old_rotated_files_can_be_pruned() {
         }),
         stdout: false,
         queue_capacity: 8,
+        ..AuditConfig::default()
     })
     .expect("open");
     for i in 0..60 {

@@ -175,6 +175,9 @@ async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("MCP upstream on http://{listen}/mcp");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, Router::new().route("/mcp", post(mcp))).await?;
     Ok(())
 }

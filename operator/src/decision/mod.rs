@@ -29,7 +29,7 @@ use overseer_policy::{
     audit::{AuditEvent, AuditInput, AuditLog, AuditMode, AuditResult},
     engine::{Engine, UsageError},
     limits,
-    request::{Decision, DecisionRequest, ModeInfo, Outcome, Reason, ReasonCode},
+    request::{Decision, DecisionRequest, ModeInfo, Outcome, Principal, Reason, ReasonCode},
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -220,6 +220,7 @@ pub fn router(service: Arc<DecisionService>) -> Router {
     Router::new()
         .route("/v1/decisions", post(decide))
         .route("/v1/usage", post(commit_usage))
+        .route("/v1/tools/permitted", post(permitted_tools))
         .route("/v1/approvals/{id}", get(get_approval))
         .route("/v1/approvals/{id}/review", post(review_approval))
         .route("/v1/admin/identities/revoke", post(revoke_identities))
@@ -655,6 +656,98 @@ pub struct UsageResponse {
     pub unchanged: usize,
 }
 
+/// Most tool names one `POST /v1/tools/permitted` may ask about.
+pub const MAX_PERMITTED_TOOLS: usize = 10_000;
+
+/// Body of `POST /v1/tools/permitted`: which of these tools (listed by MCP server `server`) may
+/// this principal ever call? An MCP gateway asks it to filter a `tools/list` answer.
+#[derive(Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PermittedToolsRequest {
+    /// Who would call them (an agent may only ask for itself).
+    pub principal: Principal,
+    /// The MCP server that listed them.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The tool names to check (at most 10,000).
+    pub tools: Vec<String>,
+}
+
+/// Answer of `POST /v1/tools/permitted`.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PermittedToolsResponse {
+    /// The asked tools some call of which the principal may ever be allowed (or allowed after an
+    /// approval), in the order asked. Every call is still decided on its own.
+    pub tools: Vec<String>,
+    /// The policy revision that answered.
+    pub policy_revision: String,
+}
+
+async fn permitted_tools(
+    State(service): State<Arc<DecisionService>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = match service.authenticate(&headers).await {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e, None),
+    };
+    if caller.role == auth::Role::Approver {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} is an approver; approvers do not call tools",
+                caller.name
+            ),
+            None,
+        );
+    }
+    let mut request: PermittedToolsRequest =
+        match read_json(body, "a valid permitted-tools request").await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+    if request.tools.len() > MAX_PERMITTED_TOOLS {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_tools",
+            format!(
+                "{} tools asked about; at most {MAX_PERMITTED_TOOLS} per request",
+                request.tools.len()
+            ),
+            None,
+        );
+    }
+    if let Err(message) = caller.check_principal(&mut request.principal) {
+        return error(StatusCode::FORBIDDEN, "forbidden", message, None);
+    }
+    let compiled = service.engine.current();
+    // A principal the identity gate shuts out may call nothing.
+    let shut_out = service.gate.as_ref().is_some_and(|gate| {
+        matches!(
+            gate.check(&caller, &request.principal),
+            GateVerdict::Closed { .. }
+        )
+    });
+    let server = request.server.as_deref();
+    let tools = if shut_out {
+        Vec::new()
+    } else {
+        request
+            .tools
+            .into_iter()
+            .filter(|tool| compiled.may_allow(&request.principal, server, tool))
+            .collect()
+    };
+    Json(PermittedToolsResponse {
+        tools,
+        policy_revision: compiled.revision().to_owned(),
+    })
+    .into_response()
+}
+
 async fn commit_usage(
     State(service): State<Arc<DecisionService>>,
     headers: HeaderMap,
@@ -925,3 +1018,6 @@ async fn revoke_identities(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,10 @@ use overseer_policy::{
 use schemars::{JsonSchema, generate::SchemaSettings};
 use serde_json::{Value, json};
 
-use super::{ErrorBody, ReviewRequest, UsageRequest, UsageResponse};
+use super::{
+    ErrorBody, PermittedToolsRequest, PermittedToolsResponse, ReviewRequest, UsageRequest,
+    UsageResponse,
+};
 
 fn schema_ref<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> Value {
     serde_json::to_value(generator.subschema_for::<T>()).unwrap_or(Value::Null)
@@ -25,6 +28,8 @@ pub fn document() -> Value {
     let decision = schema_ref::<Decision>(&mut generator);
     let usage_request = schema_ref::<UsageRequest>(&mut generator);
     let usage_response = schema_ref::<UsageResponse>(&mut generator);
+    let permitted_request = schema_ref::<PermittedToolsRequest>(&mut generator);
+    let permitted_response = schema_ref::<PermittedToolsResponse>(&mut generator);
     let review_request = schema_ref::<ReviewRequest>(&mut generator);
     let approval = schema_ref::<Approval>(&mut generator);
     let error = schema_ref::<ErrorBody>(&mut generator);
@@ -69,6 +74,19 @@ pub fn document() -> Value {
                     "401": err("No or unknown credentials."),
                     "404": err("The decision reserved no budget, or is unknown or too old."),
                     "409": err("The reservation was already committed or has expired.")
+                }
+            }},
+            "/v1/tools/permitted": {"post": {
+                "operationId": "permittedTools",
+                "summary": "Which of these tools (listed by an MCP server) may this principal ever call? For filtering tools/list; every call is still decided on its own.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": permitted_request}}},
+                "responses": {
+                    "200": {"description": "The permitted tools, in the order asked.", "content": json_body(&permitted_response)["content"]},
+                    "400": err("The body is not a valid permitted-tools request."),
+                    "401": err("No or unknown credentials."),
+                    "403": err("The caller may not ask on behalf of this principal, or is an approver."),
+                    "413": err("The body is too large."),
+                    "422": err("More than 10,000 tools asked about.")
                 }
             }},
             "/v1/approvals/{id}": {"get": {

@@ -64,6 +64,57 @@ impl RoleMapping {
     }
 }
 
+/// The `--token-review` flags of an enforcement point (`overseer gateway`, `overseer ext-authz`):
+/// agents authenticate with their own Kubernetes token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct AgentTokenFlags {
+    /// Also authenticate agents by their Kubernetes ServiceAccount or EphemeralIdentity token
+    /// (`Authorization: Bearer <token>`), reviewed with the TokenReview API of the cluster
+    /// (in-cluster configuration, else KUBECONFIG). Needs RBAC `create` on
+    /// `tokenreviews.authentication.k8s.io`.
+    #[arg(long)]
+    pub token_review: bool,
+    /// With --token-review: an audience the token must be meant for (repeatable); none: the API
+    /// server's own audiences.
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        requires = "token_review"
+    )]
+    pub token_audiences: Vec<String>,
+    /// With --token-review: seconds an accepted token is trusted before it is reviewed again (a
+    /// revoked token keeps authenticating for at most this long).
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300),
+        requires = "token_review"
+    )]
+    pub token_cache_ttl_seconds: u64,
+}
+
+impl AgentTokenFlags {
+    /// The TokenReview settings, when --token-review is given (every ServiceAccount is an agent).
+    pub fn config(&self) -> Option<TokenReviewConfig> {
+        self.token_review.then(|| TokenReviewConfig {
+            audiences: self.token_audiences.clone(),
+            ttl: Duration::from_secs(self.token_cache_ttl_seconds),
+            ..TokenReviewConfig::default()
+        })
+    }
+
+    /// The reviewer of --token-review, over `client`; `None` without the flag.
+    pub fn reviewer(&self, client: &Client) -> Option<TokenReviewer> {
+        let config = self.config()?;
+        tracing::info!(
+            audiences = ?config.audiences,
+            ttl_seconds = config.ttl.as_secs(),
+            "agents may authenticate with Kubernetes tokens (TokenReview)"
+        );
+        Some(TokenReviewer::new(client.clone(), config))
+    }
+}
+
 /// How tokens are reviewed and cached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenReviewConfig {

@@ -3,8 +3,11 @@
 //!
 //! For each `Check`:
 //! 1. the agent is authenticated by the `Authorization: Bearer` header of the request Envoy asks
-//!    about (API keys, [`crate::decision::auth`]): an `agent` key names its principal; a
-//!    `gateway` or `admin` key (a trusted proxy in front of Envoy) names it in `x-overseer-agent`;
+//!    about: an API key ([`crate::decision::auth`]), or (with `--token-review`) its Kubernetes
+//!    ServiceAccount / `EphemeralIdentity` token, reviewed with TokenReview (503 when it cannot
+//!    be: fail closed). An `agent` key names its principal, an agent's token makes its
+//!    ServiceAccount the principal; a `gateway` or `admin` caller (a trusted proxy in front of
+//!    Envoy) names it in `x-overseer-agent`;
 //! 2. the request is classified ([`attributes`]): an MCP `tools/call` is decided as its tool with
 //!    its arguments; other MCP requests that act are decided with the method as the tool; MCP
 //!    messages that run nothing pass; other HTTP requests are decided as the tool
@@ -42,7 +45,10 @@ use self::{
     attributes::{Call, HttpAttributes, Refusal},
 };
 use crate::{
-    decision::auth::{Authenticator, Caller, Role},
+    decision::{
+        auth::{self, AuthError, Authenticator, Caller, Role},
+        tokenreview::TokenReviewer,
+    },
     gateway::decider::{Decider, Verdict, refusal_event},
 };
 
@@ -90,6 +96,7 @@ impl Default for ExtAuthzConfig {
 pub struct ExtAuthz {
     decider: Arc<dyn Decider>,
     auth: Authenticator,
+    tokens: Option<TokenReviewer>,
     config: ExtAuthzConfig,
 }
 
@@ -110,8 +117,19 @@ impl ExtAuthz {
         Self {
             decider,
             auth,
+            tokens: None,
             config,
         }
+    }
+
+    /// Also accept Kubernetes ServiceAccount (and `EphemeralIdentity`) tokens, reviewed by
+    /// `reviewer`, from callers whose bearer credential is no known API key. An agent's token
+    /// makes its ServiceAccount the principal (`system:serviceaccount:NS:NAME`, with its
+    /// namespace and serviceAccount); a token the reviewer maps to the `gateway` role names the
+    /// agent in `x-overseer-agent`, as a gateway key does.
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.tokens = Some(reviewer);
+        self
     }
 
     /// The tonic service to add to a server.
@@ -144,7 +162,7 @@ impl ExtAuthz {
             trace_id: trace_id(&http),
             ..AuditInput::default()
         };
-        let principal = match self.principal(&http) {
+        let principal = match self.principal(&http).await {
             Ok(p) => p,
             Err(refused) => return self.refuse(input, mcp_path, &Value::Null, refused).await,
         };
@@ -277,34 +295,59 @@ impl ExtAuthz {
         }
     }
 
-    /// Who the request is for, from the caller's credential.
-    fn principal(&self, http: &HttpAttributes) -> Result<Principal, Refused> {
-        let unauthenticated = |message: String, http_status, jsonrpc_code| Refused {
+    /// Who the request is for, from the caller's credential: an API key first, then (with
+    /// [`Self::with_token_review`]) a Kubernetes ServiceAccount / `EphemeralIdentity` token.
+    async fn principal(&self, http: &HttpAttributes) -> Result<Principal, Refused> {
+        let refused = |message: String, http_status| Refused {
             http_status,
-            grpc_code: if http_status == HttpStatusCode::Unauthorized {
-                tonic::Code::Unauthenticated
-            } else {
-                tonic::Code::PermissionDenied
+            grpc_code: match http_status {
+                HttpStatusCode::Unauthorized => tonic::Code::Unauthenticated,
+                HttpStatusCode::ServiceUnavailable => tonic::Code::Unavailable,
+                _ => tonic::Code::PermissionDenied,
             },
             result: AuditResult::Deny,
-            code: if http_status == HttpStatusCode::Unauthorized {
-                "unauthenticated".into()
-            } else {
-                "forbidden".into()
+            code: match http_status {
+                HttpStatusCode::Unauthorized => "unauthenticated".into(),
+                HttpStatusCode::ServiceUnavailable => "authentication_unavailable".into(),
+                _ => "forbidden".into(),
             },
             message,
-            jsonrpc_code,
+            jsonrpc_code: if http_status == HttpStatusCode::ServiceUnavailable {
+                JSONRPC_UNAVAILABLE
+            } else {
+                JSONRPC_UNAUTHENTICATED
+            },
         };
-        let caller: Caller = self
-            .auth
-            .authenticate(http.header("authorization"))
-            .map_err(|e| {
-                unauthenticated(
-                    e.to_string(),
-                    HttpStatusCode::Unauthorized,
-                    JSONRPC_UNAUTHENTICATED,
-                )
-            })?;
+        let header = http.header("authorization");
+        let authenticated = match self.auth.authenticate(header) {
+            Err(AuthError::Unknown) => match (&self.tokens, auth::bearer(header)) {
+                (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
+                _ => Err(AuthError::Unknown),
+            },
+            other => other,
+        };
+        let caller: Caller = authenticated.map_err(|e| {
+            let status = match e {
+                // The token could not be reviewed: fail closed, and say it is not the agent's fault.
+                AuthError::Unavailable(_) => HttpStatusCode::ServiceUnavailable,
+                AuthError::NoRole(_) => HttpStatusCode::Forbidden,
+                AuthError::Missing | AuthError::Unknown | AuthError::Rejected(_) => {
+                    HttpStatusCode::Unauthorized
+                }
+            };
+            refused(e.to_string(), status)
+        })?;
+        // An agent's own ServiceAccount token: the principal is that ServiceAccount.
+        if caller.role == Role::Agent && caller.service_account.is_some() {
+            let mut principal = Principal {
+                kind: Some(PrincipalKind::ServiceAccount),
+                ..Principal::default()
+            };
+            caller
+                .check_principal(&mut principal)
+                .map_err(|why| refused(why, HttpStatusCode::Forbidden))?;
+            return Ok(principal);
+        }
         let id = match caller.role {
             Role::Agent => caller.agent.clone().filter(|a| !a.is_empty()),
             Role::Gateway | Role::Admin => http
@@ -313,28 +356,25 @@ impl ExtAuthz {
                 .filter(|a| !a.is_empty())
                 .map(str::to_owned),
             Role::Approver => {
-                return Err(unauthenticated(
-                    format!("{} is an approver key and may not call tools", caller.name),
+                return Err(refused(
+                    format!("{} is an approver and may not call tools", caller.name),
                     HttpStatusCode::Forbidden,
-                    JSONRPC_UNAUTHENTICATED,
                 ));
             }
         };
         let Some(id) = id else {
-            return Err(unauthenticated(
+            return Err(refused(
                 format!(
-                    "{} is a {:?} key: name the agent in the {AGENT_ID_HEADER} header",
+                    "{} is a {:?} caller: name the agent in the {AGENT_ID_HEADER} header",
                     caller.name, caller.role
                 ),
                 HttpStatusCode::Unauthorized,
-                JSONRPC_UNAUTHENTICATED,
             ));
         };
         if !caller.may_decide_for(&id) {
-            return Err(unauthenticated(
+            return Err(refused(
                 format!("{} may not call tools as {id:?}", caller.name),
                 HttpStatusCode::Forbidden,
-                JSONRPC_UNAUTHENTICATED,
             ));
         }
         Ok(Principal {

@@ -18,7 +18,7 @@ use overseer_policy::audit::AuditLog;
 
 use super::{ExtAuthz, ExtAuthzConfig};
 use crate::{
-    decision::{auth::Authenticator, standalone::ServeArgs},
+    decision::{auth::Authenticator, standalone::ServeArgs, tokenreview::AgentTokenFlags},
     gateway::{
         decider::Decider,
         run::{InProcess, finish, remote_decider},
@@ -27,6 +27,12 @@ use crate::{
 
 /// Flags of `overseer ext-authz`.
 #[derive(Debug, Clone, Args)]
+#[command(group(
+    clap::ArgGroup::new("agent_authentication")
+        .args(["api_keys", "token_review"])
+        .required(true)
+        .multiple(true)
+))]
 pub struct ExtAuthzArgs {
     /// Address the gRPC `envoy.service.auth.v3.Authorization` service listens on.
     #[arg(
@@ -37,8 +43,11 @@ pub struct ExtAuthzArgs {
     pub listen: SocketAddr,
     /// YAML file of API keys (the decision service's format); agents present an `agent` key as
     /// `Authorization: Bearer`, trusted proxies a `gateway` key plus `x-overseer-agent`.
+    /// Required unless --token-review is given.
     #[arg(long, env = "OVERSEER_EXTAUTHZ_API_KEYS")]
-    pub api_keys: PathBuf,
+    pub api_keys: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: AgentTokenFlags,
     /// Decision service to ask (`http://host:port`); without it, decide in-process.
     #[arg(long, env = "OVERSEER_DECISION_URL")]
     pub decision_url: Option<String>,
@@ -120,7 +129,12 @@ struct ServeWrapper {
 }
 
 fn serve_args(args: &ExtAuthzArgs, policies: &std::path::Path) -> anyhow::Result<ServeArgs> {
-    let keys = args.decision_api_keys.as_ref().unwrap_or(&args.api_keys);
+    let Some(keys) = args.decision_api_keys.as_ref().or(args.api_keys.as_ref()) else {
+        bail!(
+            "in-process mode serves the decision API (approvals review, usage) on --decision-listen, \
+             which needs API keys: give --decision-api-keys FILE (or --api-keys FILE)"
+        );
+    };
     let mut argv: Vec<std::ffi::OsString> = vec![
         "serve".into(),
         "--policies".into(),
@@ -147,7 +161,19 @@ pub async fn run_ext_authz(
     args: ExtAuthzArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let auth = Authenticator::from_file(&args.api_keys)?;
+    let auth = match &args.api_keys {
+        Some(path) => Authenticator::from_file(path)?,
+        None => Authenticator::no_keys(),
+    };
+    let tokens = if args.tokens.token_review {
+        let client = kube::Client::try_default().await.context(
+            "--token-review needs a Kubernetes API server (to review agent tokens), but no \
+             in-cluster configuration or KUBECONFIG was found",
+        )?;
+        args.tokens.reviewer(&client)
+    } else {
+        None
+    };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut side_server = None;
     let (decider, audit): (Arc<dyn Decider>, Arc<AuditLog>) = match &args.decision_url {
@@ -176,7 +202,10 @@ pub async fn run_ext_authz(
         }
     };
 
-    let service = ExtAuthz::new(decider, auth, args.config());
+    let mut service = ExtAuthz::new(decider, auth, args.config());
+    if let Some(reviewer) = tokens {
+        service = service.with_token_review(reviewer);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -247,6 +276,35 @@ mod tests {
             ])
             .is_err(),
             "in-process and remote exclude each other"
+        );
+    }
+
+    #[test]
+    fn agents_authenticate_with_api_keys_or_kubernetes_tokens() {
+        let err = Wrapper::try_parse_from(["ext-authz", "--decision-url", "http://x:1"])
+            .expect_err("no way for agents to authenticate");
+        assert!(err.to_string().contains("--api-keys"), "{err}");
+        let w = Wrapper::try_parse_from([
+            "ext-authz",
+            "--token-review",
+            "--token-audience",
+            "overseer",
+            "--token-cache-ttl-seconds",
+            "5",
+            "--policies",
+            "p",
+        ])
+        .expect("tokens alone");
+        let config = w.args.tokens.config().expect("token review");
+        assert_eq!(config.audiences, ["overseer"]);
+        assert_eq!(config.ttl, Duration::from_secs(5));
+        // In-process mode still needs keys for its decision API (approvers review with them).
+        let err = serve_args(&w.args, std::path::Path::new("p")).expect_err("no keys");
+        assert!(err.to_string().contains("--decision-api-keys"), "{err}");
+        assert!(
+            Wrapper::try_parse_from(["ext-authz", "--api-keys", "k", "--token-audience", "a"])
+                .is_err(),
+            "--token-audience needs --token-review"
         );
     }
 }

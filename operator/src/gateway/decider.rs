@@ -12,7 +12,7 @@
 //! Both also record the enforcement point's own refusals (malformed messages, hijacked sessions)
 //! in the audit trail ([`Decider::record`]), commit actual usage after an allowed call
 //! ([`Decider::commit_usage`]) and say which tools a principal may ever call
-//! ([`Decider::may_allow`]), for filtering `tools/list`.
+//! ([`Decider::permitted_tools`]), for filtering `tools/list`.
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -137,10 +137,15 @@ pub trait Decider: Send + Sync + fmt::Debug {
         usage: limits::Usage,
     ) -> BoxFuture<'_, Result<(), String>>;
 
-    /// Whether `principal` may ever be allowed to call `tool` on `server` (see
-    /// [`overseer_policy::compile::CompiledPolicies::may_allow`]); `None` when this decider has
-    /// no view of the policies.
-    fn may_allow(&self, principal: &Principal, server: Option<&str>, tool: &str) -> Option<bool>;
+    /// Which of `tools` (listed by MCP server `server`) `principal` may ever be allowed to call
+    /// (see [`overseer_policy::compile::CompiledPolicies::may_allow`]), in the order given.
+    /// `Err` says why that cannot be told now; the list must then be withheld (fail closed).
+    fn permitted_tools<'a>(
+        &'a self,
+        principal: &'a Principal,
+        server: Option<&'a str>,
+        tools: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
 
     /// Record an enforcement point's own refusal (or failure) in the audit trail. An error means
     /// the record could not be queued; the caller must not proceed.
@@ -174,6 +179,21 @@ pub fn refusal_event(input: AuditInput, result: AuditResult, reason: String) -> 
     event.path = GATEWAY_AUDIT_PATH;
     event.reasons = vec![reason];
     event
+}
+
+/// The tools of `tools` that `principal` may ever call on `server` under `engine`'s current
+/// revision.
+fn permitted_by(
+    engine: &Engine,
+    principal: &Principal,
+    server: Option<&str>,
+    tools: Vec<String>,
+) -> Vec<String> {
+    let compiled = engine.current();
+    tools
+        .into_iter()
+        .filter(|tool| compiled.may_allow(principal, server, tool))
+        .collect()
 }
 
 async fn append(audit: &AuditLog, event: AuditEvent) -> Result<(), String> {
@@ -277,8 +297,14 @@ impl Decider for LocalDecider {
         Box::pin(async move { result })
     }
 
-    fn may_allow(&self, principal: &Principal, server: Option<&str>, tool: &str) -> Option<bool> {
-        Some(self.engine.current().may_allow(principal, server, tool))
+    fn permitted_tools<'a>(
+        &'a self,
+        principal: &'a Principal,
+        server: Option<&'a str>,
+        tools: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        let permitted = permitted_by(&self.engine, principal, server, tools);
+        Box::pin(async move { Ok(permitted) })
     }
 
     fn record(&self, event: AuditEvent) -> BoxFuture<'_, Result<(), String>> {
@@ -360,8 +386,8 @@ impl RemoteDecider {
         })
     }
 
-    /// Answer [`Decider::may_allow`] from a local compile of the same policies the decision
-    /// service serves (the decision service has no query endpoint for it).
+    /// Answer [`Decider::permitted_tools`] from a local compile of the same policies the decision
+    /// service serves, instead of asking it (`POST /v1/tools/permitted`) for every `tools/list`.
     pub fn with_policies(mut self, engine: Arc<Engine>) -> Self {
         self.policies = Some(engine);
         self
@@ -494,10 +520,37 @@ impl Decider for RemoteDecider {
         })
     }
 
-    fn may_allow(&self, principal: &Principal, server: Option<&str>, tool: &str) -> Option<bool> {
-        self.policies
-            .as_ref()
-            .map(|e| e.current().may_allow(principal, server, tool))
+    fn permitted_tools<'a>(
+        &'a self,
+        principal: &'a Principal,
+        server: Option<&'a str>,
+        tools: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        if let Some(engine) = &self.policies {
+            let permitted = permitted_by(engine, principal, server, tools);
+            return Box::pin(async move { Ok(permitted) });
+        }
+        Box::pin(async move {
+            let body = serde_json::to_vec(&crate::decision::PermittedToolsRequest {
+                principal: principal.clone(),
+                server: server.map(str::to_owned),
+                tools,
+            })
+            .map_err(|e| e.to_string())?;
+            let (status, answer) = self.post("/v1/tools/permitted", body).await?;
+            if status != StatusCode::OK {
+                return Err(format!(
+                    "the decision service answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                        .chars()
+                        .take(512)
+                        .collect::<String>()
+                ));
+            }
+            serde_json::from_slice::<crate::decision::PermittedToolsResponse>(&answer)
+                .map(|r| r.tools)
+                .map_err(|e| format!("the decision service's answer does not parse: {e}"))
+        })
     }
 
     fn record(&self, event: AuditEvent) -> BoxFuture<'_, Result<(), String>> {

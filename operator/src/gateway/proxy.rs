@@ -18,7 +18,7 @@
 //! * Every refusal is written to the audit trail; every decision is audited by the decider.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     ops::Deref,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
@@ -49,7 +49,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     config::Upstream,
-    decider::{Decider, Verdict, audit_input, refusal_event},
+    decider::{Decider, UNAVAILABLE, Verdict, audit_input, refusal_event},
     jsonrpc::{self, Message},
     routes::{Route, RouteTable},
 };
@@ -847,13 +847,7 @@ async fn list_tools(
         Err(e) => return e.into_response(call, Some(&id)).await,
     };
     let server = call.upstream.name.as_str();
-    // A decider without a view of the policies (`None`) leaves the list as it is.
-    if !response.status().is_success()
-        || gateway
-            .decider
-            .may_allow(principal, Some(server), "")
-            .is_none()
-    {
+    if !response.status().is_success() {
         return stream_back(response);
     }
     let sse = is_sse(response.headers());
@@ -869,19 +863,52 @@ async fn list_tools(
                 .await;
         }
     };
+    // The names listed in the answer to this request (an SSE stream may carry other messages).
+    let listed: Vec<String> = jsonrpc::messages_in(&body, sse)
+        .iter()
+        .find(|m| m.get("id") == Some(&id))
+        .and_then(|m| m.pointer("/result/tools"))
+        .and_then(Value::as_array)
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let permitted: HashSet<String> = match gateway
+        .decider
+        .permitted_tools(principal, Some(server), listed)
+        .await
+    {
+        Ok(p) => p.into_iter().collect(),
+        // Which tools the agent may see cannot be told: withhold the list (fail closed).
+        Err(e) => {
+            return call
+                .refuse(
+                    StatusCode::OK,
+                    &id,
+                    jsonrpc::DENIED,
+                    AuditResult::Deny,
+                    &format!(
+                        "{UNAVAILABLE}: cannot tell which tools this agent may call, so the list is withheld: {e}"
+                    ),
+                    None,
+                )
+                .await;
+        }
+    };
     let filtered = jsonrpc::rewrite_response(&body, sse, &id, |message| {
         if let Some(tools) = message
             .get_mut("result")
             .and_then(|r| r.get_mut("tools"))
             .and_then(Value::as_array_mut)
         {
+            // A tool without a name cannot be called, nor decided: it is not shown.
             tools.retain(|t| {
-                t.get("name").and_then(Value::as_str).is_some_and(|name| {
-                    gateway
-                        .decider
-                        .may_allow(principal, Some(server), name)
-                        .unwrap_or(true)
-                })
+                t.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| permitted.contains(name))
             });
         }
     });

@@ -2,9 +2,10 @@
 //!
 //! Two ways to decide:
 //! * `--decision-url URL` (with `--decision-api-key-file`, a `gateway` role key): ask a decision
-//!   service (`overseer serve`, or the one `overseer run` serves in a cluster). Give `--policies`
-//!   too (the same directory, read-only) to filter `tools/list`; the gateway's own refusals go to
-//!   `--audit-file`.
+//!   service (`overseer serve`, or the one `overseer run` serves in a cluster), which also says
+//!   which listed tools an agent may see (`POST /v1/tools/permitted`) to filter `tools/list`;
+//!   `--policies` too (the same directory, read-only) answers that locally instead. The gateway's
+//!   own refusals go to `--audit-file`.
 //! * `--policies DIR` alone: decide in-process. The decision API (approvals review, usage,
 //!   `/metrics`) is then served on `--decision-listen` from the same engine and audit log.
 //!
@@ -43,7 +44,7 @@ use super::{
 use crate::decision::{
     auth::Authenticator,
     standalone::ServeArgs,
-    tokenreview::{TokenReviewConfig, TokenReviewer},
+    tokenreview::{AgentTokenFlags, TokenReviewConfig},
 };
 
 /// Flags of `overseer gateway`.
@@ -100,6 +101,15 @@ pub struct GatewayArgs {
         default_value = "127.0.0.1:8090"
     )]
     pub listen: SocketAddr,
+    /// Threads serving requests: 0 = one per CPU the process may use; 1 = everything on one
+    /// thread (the lowest latency per call: a call never crosses threads; a sidecar's choice).
+    #[arg(
+        long,
+        env = "OVERSEER_GATEWAY_WORKER_THREADS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(0..=1024)
+    )]
+    pub worker_threads: u16,
     /// YAML file of API keys (the decision service's format); agents present an `agent` key.
     /// Required unless --token-review is given.
     // Not given: the empty path (`api_keys_file()` is `None`). Kept a `PathBuf` so code reading
@@ -112,29 +122,8 @@ pub struct GatewayArgs {
         value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
     )]
     pub api_keys: PathBuf,
-    /// Also authenticate agents by their Kubernetes ServiceAccount or EphemeralIdentity token
-    /// (`Authorization: Bearer <token>`), reviewed with the TokenReview API of the cluster
-    /// (in-cluster configuration, else KUBECONFIG). Needs RBAC `create` on
-    /// `tokenreviews.authentication.k8s.io`.
-    #[arg(long)]
-    pub token_review: bool,
-    /// With --token-review: an audience the token must be meant for (repeatable); none: the API
-    /// server's own audiences.
-    #[arg(
-        long = "token-audience",
-        value_name = "AUDIENCE",
-        requires = "token_review"
-    )]
-    pub token_audiences: Vec<String>,
-    /// With --token-review: seconds an accepted token is trusted before it is reviewed again (a
-    /// revoked token keeps authenticating for at most this long).
-    #[arg(
-        long,
-        default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..=300),
-        requires = "token_review"
-    )]
-    pub token_cache_ttl_seconds: u64,
+    #[command(flatten)]
+    pub tokens: AgentTokenFlags,
     /// Decision service to ask (`http://host:port`); without it, decide in-process.
     #[arg(long, env = "OVERSEER_DECISION_URL")]
     pub decision_url: Option<String>,
@@ -149,7 +138,7 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub decision_timeout_ms: u64,
     /// Policy directory: decide in-process from it, or (with --decision-url) filter tools/list
-    /// with it.
+    /// with it instead of asking the decision service.
     #[arg(long, env = "OVERSEER_POLICIES")]
     pub policies: Option<PathBuf>,
     /// In-process mode: where the decision API (approvals, usage, metrics) is served.
@@ -183,11 +172,7 @@ impl GatewayArgs {
 
     /// The TokenReview settings of `--token-review`, when it is given.
     pub fn token_review_config(&self) -> Option<TokenReviewConfig> {
-        self.token_review.then(|| TokenReviewConfig {
-            audiences: self.token_audiences.clone(),
-            ttl: Duration::from_secs(self.token_cache_ttl_seconds),
-            ..TokenReviewConfig::default()
-        })
+        self.tokens.config()
     }
 }
 
@@ -260,13 +245,13 @@ pub async fn run_gateway(
         .or_else(|| std::env::var("POD_NAMESPACE").ok());
     let auth = match args.api_keys_file() {
         Some(path) => Authenticator::from_file(path)?,
-        None if args.token_review => Authenticator::no_keys(),
+        None if args.tokens.token_review => Authenticator::no_keys(),
         None => bail!(
             "agents cannot authenticate: give --api-keys FILE (agent API keys) and/or \
              --token-review (Kubernetes ServiceAccount / EphemeralIdentity tokens)"
         ),
     };
-    let client = if args.token_review || args.mcp_servers_namespace.is_some() {
+    let client = if args.tokens.token_review || args.mcp_servers_namespace.is_some() {
         Some(kube::Client::try_default().await.context(
             "--token-review and --mcp-servers-namespace need a Kubernetes API server (to review \
              agent tokens, to watch MCPServer objects), but no in-cluster configuration or \
@@ -275,18 +260,7 @@ pub async fn run_gateway(
     } else {
         None
     };
-    let tokens = match (args.token_review_config(), &client) {
-        (Some(config), Some(client)) => {
-            let client = client.clone();
-            tracing::info!(
-                audiences = ?config.audiences,
-                ttl_seconds = config.ttl.as_secs(),
-                "agents may authenticate with Kubernetes tokens (TokenReview)"
-            );
-            Some(TokenReviewer::new(client, config))
-        }
-        _ => None,
-    };
+    let tokens = client.as_ref().and_then(|c| args.tokens.reviewer(c));
     let deadline = Duration::from_millis(args.decision_timeout_ms);
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -308,8 +282,8 @@ pub async fn run_gateway(
                     }
                     remote = remote.with_policies(Arc::new(Engine::new(compiled)));
                 }
-                None => tracing::warn!(
-                    "no --policies: tools/list is passed through unfiltered (every tools/call is still decided)"
+                None => tracing::info!(
+                    "tools/list is filtered by asking the decision service (POST /v1/tools/permitted)"
                 ),
             }
             (Arc::new(remote), audit)
@@ -360,6 +334,12 @@ pub async fn run_gateway(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, upstreams = ?names, "MCP gateway ready");
+    // Answers leave at once (no Nagle delay behind a previous segment's ACK).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let served = axum::serve(listener, proxy::router(gateway))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -589,7 +569,7 @@ mod tests {
     fn api_keys_alone_keep_working() {
         let args = parse(&["--api-keys", "keys.yaml"]).expect("parses");
         assert_eq!(args.api_keys_file(), Some(Path::new("keys.yaml")));
-        assert!(!args.token_review);
+        assert!(!args.tokens.token_review);
         assert_eq!(args.token_review_config(), None);
     }
 
