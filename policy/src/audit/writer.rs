@@ -514,9 +514,9 @@ impl Writer {
             for reply in replies.drain(..) {
                 let _ = reply.send(head.clone());
             }
-            // Linger only when nothing is waiting: records (or producers held back by a full
-            // queue) that are waiting are taken at once.
-            if taken < MAX_BATCH && !self.linger.is_zero() && self.rx.is_empty() {
+            // Linger unless the batch was cut short or the queue is full (producers are held
+            // back): those records are taken at once.
+            if taken < MAX_BATCH && !self.linger.is_zero() && !self.rx.is_full() {
                 std::thread::sleep(self.linger);
             }
         }
