@@ -9,7 +9,7 @@
 # crosses between the CPUs twice whether it goes to the upstream directly or through the gateway),
 # then measures tools/call with SESSIONS sessions from the load generator on CPU 1, each once
 # against the upstream directly and once through the gateway. UPSTREAM_CPU, GATEWAY_CPU and
-# LOADGEN_CPU override the placement.
+# LOADGEN_CPU override the placement; OVERSEER another overseer binary (to compare two builds).
 #   1. open loop at RATE calls/s in all (default 2000): latency at that load, each call timed
 #      from when it was due — the difference of the percentiles is what the gateway adds;
 #   2. closed loop (every session back to back): throughput.
@@ -23,6 +23,7 @@ gateway_cpu=${GATEWAY_CPU:-0}
 loadgen_cpu=${LOADGEN_CPU:-1}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$root/target/release
+overseer=${OVERSEER:-$bin/overseer}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -63,7 +64,7 @@ wait_port() {
 
 taskset -c "$upstream_cpu" "$bin/gateway-loadgen" upstream --listen 127.0.0.1:3300 &
 pids+=($!)
-RUST_LOG=warn taskset -c "$gateway_cpu" "$bin/overseer" gateway --config "$work/gateway.yaml" \
+RUST_LOG=warn taskset -c "$gateway_cpu" "$overseer" gateway --config "$work/gateway.yaml" \
   --api-keys "$work/keys.yaml" --policies "$work/policies" --listen 127.0.0.1:8090 \
   --decision-listen 127.0.0.1:8092 --audit-file "$work/audit.jsonl" \
   --state-file "$work/limits.json" &
@@ -85,4 +86,4 @@ for mode in "--rate $rate" ""; do
 done
 kill -INT "$gateway"
 wait "$gateway" || true
-echo "audit: $("$bin/overseer" audit verify "$work/audit.jsonl" 2>&1 | tail -n1)"
+echo "audit: $("$overseer" audit verify "$work/audit.jsonl" 2>&1 | tail -n1)"

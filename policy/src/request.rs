@@ -535,6 +535,27 @@ pub struct Reason {
     pub message: String,
 }
 
+impl Reason {
+    /// The reason as one line of text, naming where it came from: `policy#rule: message`
+    /// (`policy: message` without a rule, the message alone without a policy). Audit records
+    /// and enforcement points' answers use it.
+    pub fn text(&self) -> String {
+        match (&self.policy, &self.rule) {
+            (Some(p), Some(rule)) => format!("{p}#{rule}: {}", self.message),
+            (Some(p), None) => format!("{p}: {}", self.message),
+            _ => self.message.clone(),
+        }
+    }
+
+    /// The code as its stable snake_case name (as serialized).
+    pub fn code_str(&self) -> String {
+        serde_json::to_value(self.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
 /// How policy modes shaped the answer.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,

@@ -489,18 +489,7 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
         result_of(&decision),
         mode,
     );
-    event.reasons = decision
-        .reasons
-        .iter()
-        .map(|r| {
-            let at = match (&r.policy, &r.rule) {
-                (Some(p), Some(rule)) => format!("{p}#{rule}: "),
-                (Some(p), None) => format!("{p}: "),
-                _ => String::new(),
-            };
-            format!("{at}{}", r.message)
-        })
-        .collect();
+    event.reasons = decision.reasons.iter().map(Reason::text).collect();
     event.policy_revision = Some(decision.policy_revision.clone());
     if let Err(m) = service.audit(event).await {
         return audit_failed(m, decision.decision_id);

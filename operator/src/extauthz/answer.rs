@@ -8,7 +8,7 @@ use envoy_types::{
     },
     pb::google::rpc,
 };
-use overseer_policy::request::{ApprovalRef, Reason};
+use overseer_policy::request::ApprovalRef;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -34,15 +34,6 @@ pub const JSONRPC_UNAVAILABLE: i64 = -32004;
 
 /// Longest value written into a reasons header; longer text is cut (the body has all of it).
 const MAX_HEADER_VALUE: usize = 1024;
-
-/// One reason as text: `policy#rule: message`.
-pub fn reason_text(reason: &Reason) -> String {
-    match (&reason.policy, &reason.rule) {
-        (Some(p), Some(rule)) => format!("{p}#{rule}: {}", reason.message),
-        (Some(p), None) => format!("{p}: {}", reason.message),
-        _ => reason.message.clone(),
-    }
-}
 
 /// A header value Envoy accepts: visible ASCII and spaces only, at most [`MAX_HEADER_VALUE`]
 /// bytes.

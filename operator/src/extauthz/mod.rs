@@ -33,7 +33,7 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use overseer_policy::{
     audit::{AuditInput, AuditResult},
-    request::{DecisionRequest, Outcome, Principal, PrincipalKind},
+    request::{DecisionRequest, Outcome, Principal, PrincipalKind, Reason},
 };
 use serde_json::Value;
 
@@ -214,8 +214,7 @@ impl ExtAuthz {
         };
         match self.decider.decide(&request).await {
             Verdict::Decided(decision) => {
-                let reasons: Vec<String> =
-                    decision.reasons.iter().map(answer::reason_text).collect();
+                let reasons: Vec<String> = decision.reasons.iter().map(Reason::text).collect();
                 let decision_id = decision.decision_id.to_string();
                 match decision.decision {
                     Outcome::Allow => answer::allow(&decision_id, &request.principal.id, &reasons),

@@ -29,7 +29,7 @@ use overseer_policy::{
     audit::{AuditEvent, AuditInput, AuditLog, AuditMode, AuditResult},
     engine::Engine,
     limits,
-    request::{ApprovalRef, Decision, DecisionRequest, Outcome, Principal},
+    request::{ApprovalRef, Decision, DecisionRequest, Outcome, Principal, Reason},
 };
 use uuid::Uuid;
 
@@ -102,22 +102,7 @@ impl Verdict {
     /// policy and rule (`namespace/name#rule: message`).
     pub fn reasons(&self) -> Vec<(String, String)> {
         match self {
-            Self::Decided(d) => d
-                .reasons
-                .iter()
-                .map(|r| {
-                    let code = serde_json::to_value(r.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    let at = match (&r.policy, &r.rule) {
-                        (Some(p), Some(rule)) => format!("{p}#{rule}: "),
-                        (Some(p), None) => format!("{p}: "),
-                        _ => String::new(),
-                    };
-                    (code, format!("{at}{}", r.message))
-                })
-                .collect(),
+            Self::Decided(d) => d.reasons.iter().map(|r| (r.code_str(), r.text())).collect(),
             Self::Refused { code, message, .. } => vec![(code.clone(), message.clone())],
             Self::Unavailable { code, message } => vec![((*code).to_owned(), message.clone())],
         }
@@ -241,9 +226,9 @@ impl LocalDecider {
                     result,
                     mode,
                 );
-                let verdict = Verdict::Decided(decision);
-                event.reasons = verdict.reasons().into_iter().map(|(_, t)| t).collect();
+                event.reasons = decision.reasons.iter().map(Reason::text).collect();
                 event.policy_revision = Some(revision);
+                let verdict = Verdict::Decided(decision);
                 match append(&self.audit, event).await {
                     Ok(()) => verdict,
                     Err(e) => audit_unavailable(&e),

@@ -88,7 +88,7 @@ fn invalid(code: i64, message: impl Into<String>, id: Value) -> Invalid {
 pub fn classify(body: &[u8]) -> Result<Message, Invalid> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(PARSE_ERROR, format!("parse error: {e}"), Value::Null))?;
-    let obj = match value {
+    let mut obj = match value {
         Value::Object(o) => o,
         Value::Array(_) => {
             return Err(invalid(
@@ -123,11 +123,12 @@ pub fn classify(body: &[u8]) -> Result<Message, Invalid> {
             id.unwrap_or(Value::Null),
         ));
     }
-    match obj.get("method") {
+    // The message is owned: its method and params are moved out, not copied.
+    match obj.remove("method") {
         Some(Value::String(method)) => {
-            let params = match obj.get("params") {
+            let params = match obj.remove("params") {
                 None => Map::new(),
-                Some(Value::Object(p)) => p.clone(),
+                Some(Value::Object(p)) => p,
                 Some(_) => {
                     return Err(invalid(
                         INVALID_REQUEST,
@@ -137,14 +138,8 @@ pub fn classify(body: &[u8]) -> Result<Message, Invalid> {
                 }
             };
             Ok(match id {
-                Some(id) => Message::Request {
-                    id,
-                    method: method.clone(),
-                    params,
-                },
-                None => Message::Notification {
-                    method: method.clone(),
-                },
+                Some(id) => Message::Request { id, method, params },
+                None => Message::Notification { method },
             })
         }
         Some(_) => Err(invalid(

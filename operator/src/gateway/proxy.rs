@@ -702,9 +702,15 @@ async fn call_tool(
     headers: &HeaderMap,
     bytes: Bytes,
     id: Value,
-    params: Map<String, Value>,
+    mut params: Map<String, Value>,
 ) -> Response {
     let gateway = call.gateway;
+    let usage_estimate = jsonrpc::usage_in(&params).map(|(tokens, cost)| Usage {
+        tokens: tokens.unwrap_or(0),
+        cost_micro_usd: cost.unwrap_or(0),
+    });
+    // Moved out of the parsed message, not copied (the forwarded bytes are `bytes`).
+    let arguments = params.remove("arguments");
     let Some(tool) = params.get("name").and_then(Value::as_str) else {
         return call
             .refuse(
@@ -717,9 +723,9 @@ async fn call_tool(
             )
             .await;
     };
-    let arguments = match params.get("arguments") {
+    let arguments = match arguments {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(a)) => a.clone(),
+        Some(Value::Object(a)) => a,
         Some(_) => {
             return call
                 .refuse(
@@ -733,10 +739,6 @@ async fn call_tool(
                 .await;
         }
     };
-    let usage_estimate = jsonrpc::usage_in(&params).map(|(tokens, cost)| Usage {
-        tokens: tokens.unwrap_or(0),
-        cost_micro_usd: cost.unwrap_or(0),
-    });
     let request = DecisionRequest {
         principal: principal.clone(),
         tool: tool.to_owned(),
@@ -772,6 +774,10 @@ async fn call_tool(
         buf: Vec::new(),
         overflow: false,
         on_end: Some(Box::new(move |body: Vec<u8>| {
+            // Most results report no usage: only a body naming the key is parsed.
+            if memchr::memmem::find(&body, jsonrpc::USAGE_META_KEY.as_bytes()).is_none() {
+                return;
+            }
             let usage = jsonrpc::messages_in(&body, sse)
                 .into_iter()
                 .find(|m| m.get("id") == Some(&id))
@@ -980,11 +986,12 @@ async fn forward(
     body: Bytes,
 ) -> Result<hyper::Response<Incoming>, UpstreamError> {
     let upstream = call.upstream;
-    let target = match (uri.query(), upstream.uri.query()) {
-        (Some(q), None) => format!("{}?{q}", upstream.uri),
-        _ => upstream.uri.to_string(),
+    // The upstream's URI as configured (a cheap clone), with the agent's query when it has none.
+    let mut builder = hyper::Request::builder().method(method);
+    builder = match (uri.query(), upstream.uri.query()) {
+        (Some(q), None) => builder.uri(format!("{}?{q}", upstream.uri)),
+        _ => builder.uri(upstream.uri.clone()),
     };
-    let mut builder = hyper::Request::builder().method(method).uri(target);
     if let Some(h) = builder.headers_mut() {
         for name in FORWARDED_REQUEST_HEADERS {
             for value in headers.get_all(*name) {
