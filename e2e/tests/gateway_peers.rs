@@ -166,7 +166,7 @@ async fn python_sdk_through_the_gateway_to_server_everything() {
         format!("--api-keys={w}/keys.yaml"),
         format!("--decision-url=http://{decisions}"),
         format!("--decision-api-key-file={w}/gateway.key"),
-        format!("--policies={w}/policies"),
+        // No --policies: tools/list is filtered by asking the decision service too.
         format!("--audit-file={w}/gateway-audit.jsonl"),
     ])
     .expect("gateway flags")

@@ -1007,6 +1007,9 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
                 .is_some_and(|u| u.contains("overseer-decisions.overseer-system.svc:8181")),
             "{dir}: decisions come from the decision service"
         );
+        // tools/list is filtered by the same service (the cluster's AgentPolicy objects), not by
+        // a local copy of policies that could drift from them.
+        assert_eq!(flags.policies, None, "{dir}: no local policy copy");
         assert_eq!(
             flags.listen.ip().is_loopback(),
             loopback,
@@ -1023,7 +1026,6 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
         let mut files = vec![flags.api_keys.clone(), flags.audit_file.clone()];
         files.extend(flags.config.clone());
         files.extend(flags.decision_api_key_file.clone());
-        files.extend(flags.policies.clone());
         for file in &files {
             assert!(
                 mounted(file),
