@@ -14,7 +14,11 @@
 //! The store is read in memory; its readiness is a readiness check of its own, so a replica does
 //! not take decisions before it knows the identities.
 
-use std::fmt::Debug;
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -36,10 +40,83 @@ use crate::decision::{
     gate::{GateReason, GateVerdict, PrincipalGate},
 };
 
-/// The gate, reading a store of every `EphemeralIdentity`.
+/// The gate, reading a store of every `EphemeralIdentity` and an index of them by ServiceAccount.
 #[derive(Clone)]
 pub struct IdentityGate {
     store: Store<EphemeralIdentity>,
+    by_service_account: Arc<RwLock<ServiceAccountIndex>>,
+}
+
+/// `(namespace, status.serviceAccountName)` → identity name, kept from the same watch events as
+/// the store, so a decision for a ServiceAccount principal is one hash lookup, not a scan of every
+/// identity.
+#[derive(Debug, Default)]
+struct ServiceAccountIndex {
+    /// (namespace, ServiceAccount) → identity name.
+    owners: HashMap<(String, String), String>,
+    /// (namespace, identity name) → its ServiceAccount, to move or drop its entry.
+    accounts: HashMap<(String, String), String>,
+    /// A relist in progress (between `Init` and `InitDone`): it replaces the index when done.
+    relist: Option<Vec<EphemeralIdentity>>,
+}
+
+impl ServiceAccountIndex {
+    fn apply(&mut self, event: &watcher::Event<EphemeralIdentity>) {
+        match event {
+            watcher::Event::Init => self.relist = Some(Vec::new()),
+            watcher::Event::InitApply(identity) => {
+                if let Some(relist) = &mut self.relist {
+                    relist.push(identity.clone());
+                }
+            }
+            watcher::Event::InitDone => {
+                self.owners.clear();
+                self.accounts.clear();
+                for identity in self.relist.take().unwrap_or_default() {
+                    self.upsert(&identity);
+                }
+            }
+            watcher::Event::Apply(identity) => self.upsert(identity),
+            watcher::Event::Delete(identity) => self.remove(identity),
+        }
+    }
+
+    fn key(identity: &EphemeralIdentity) -> (String, String) {
+        (
+            identity.namespace().unwrap_or_default(),
+            identity.name_any(),
+        )
+    }
+
+    fn remove(&mut self, identity: &EphemeralIdentity) {
+        let (namespace, name) = Self::key(identity);
+        if let Some(account) = self.accounts.remove(&(namespace.clone(), name.clone())) {
+            let owner = (namespace, account);
+            if self.owners.get(&owner) == Some(&name) {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+
+    fn upsert(&mut self, identity: &EphemeralIdentity) {
+        self.remove(identity);
+        let (namespace, name) = Self::key(identity);
+        if let Some(account) = identity
+            .status
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+        {
+            self.owners
+                .insert((namespace.clone(), account.clone()), name.clone());
+            self.accounts.insert((namespace, name), account);
+        }
+    }
+
+    fn owner(&self, namespace: &str, service_account: &str) -> Option<String> {
+        self.owners
+            .get(&(namespace.to_owned(), service_account.to_owned()))
+            .cloned()
+    }
 }
 
 impl Debug for IdentityGate {
@@ -51,9 +128,21 @@ impl Debug for IdentityGate {
 }
 
 impl IdentityGate {
-    /// A gate reading `store`.
+    /// A gate reading `store`; feed it the same watch events as the store's writer with
+    /// [`Self::observe`] (its ServiceAccount index is built from them).
     pub fn new(store: Store<EphemeralIdentity>) -> Self {
-        Self { store }
+        Self {
+            store,
+            by_service_account: Arc::default(),
+        }
+    }
+
+    /// Update the ServiceAccount index with one watch event (after the store's writer took it).
+    pub fn observe(&self, event: &watcher::Event<EphemeralIdentity>) {
+        self.by_service_account
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(event);
     }
 
     /// Watch every `EphemeralIdentity` into a store until `shutdown`; returns the gate and the
@@ -71,20 +160,22 @@ impl IdentityGate {
             )
             .default_backoff(),
         );
+        let gate = Self::new(store.clone());
+        let index = gate.clone();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     next = stream.next() => match next {
-                        Some(Ok(_)) => {}
+                        Some(Ok(event)) => index.observe(&event),
                         Some(Err(e)) => warn!(error = %e, "EphemeralIdentity watch failed; retrying"),
                         None => return,
                     },
                 }
             }
         });
-        (Self::new(store.clone()), store, task)
+        (gate, store, task)
     }
 
     /// The verdict at `now` (see the module docs).
@@ -123,15 +214,22 @@ impl IdentityGate {
                 .zip(principal.service_account.as_deref()),
         };
         if let Some((namespace, name)) = service_account {
-            let owner = self.store.find(|identity| {
-                identity.namespace().as_deref() == Some(namespace)
-                    && identity
+            let owner = self
+                .by_service_account
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .owner(namespace, name);
+            let identity = owner
+                .and_then(|owner| self.store.get(&ObjectRef::new(&owner).within(namespace)))
+                // The index and the store take the same events; check the object itself anyway.
+                .filter(|identity| {
+                    identity
                         .status
                         .as_ref()
                         .and_then(|s| s.service_account_name.as_deref())
                         == Some(name)
-            });
-            if let Some(identity) = owner {
+                });
+            if let Some(identity) = identity {
                 return verdict(&identity, now);
             }
         }
@@ -221,14 +319,30 @@ mod tests {
         id
     }
 
-    fn gate(identities: Vec<EphemeralIdentity>) -> IdentityGate {
-        let (store, mut writer) = reflector::store::<EphemeralIdentity>();
-        writer.apply_watcher_event(&watcher::Event::Init);
+    /// A gate and the writer of its store; `feed` hands an event to both, as the watch does.
+    fn gate_and_writer(
+        identities: Vec<EphemeralIdentity>,
+    ) -> (IdentityGate, reflector::store::Writer<EphemeralIdentity>) {
+        let (store, writer) = reflector::store::<EphemeralIdentity>();
+        let mut pair = (IdentityGate::new(store), writer);
+        feed(&mut pair, &watcher::Event::Init);
         for id in identities {
-            writer.apply_watcher_event(&watcher::Event::InitApply(id));
+            feed(&mut pair, &watcher::Event::InitApply(id));
         }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        IdentityGate::new(store)
+        feed(&mut pair, &watcher::Event::InitDone);
+        pair
+    }
+
+    fn feed(
+        (gate, writer): &mut (IdentityGate, reflector::store::Writer<EphemeralIdentity>),
+        event: &watcher::Event<EphemeralIdentity>,
+    ) {
+        writer.apply_watcher_event(event);
+        gate.observe(event);
+    }
+
+    fn gate(identities: Vec<EphemeralIdentity>) -> IdentityGate {
+        gate_and_writer(identities).0
     }
 
     fn gateway() -> Caller {
@@ -364,5 +478,58 @@ mod tests {
             ..on_behalf_of("eid-killed-0123456789")
         };
         assert_eq!(reason(g.check_at(&gateway(), &elsewhere, now())), None);
+    }
+
+    #[test]
+    fn the_service_account_index_follows_the_watch() {
+        let token_of = |sa: &str| Caller {
+            role: Role::Agent,
+            service_account: Some(ServiceAccountRef {
+                namespace: "agents".into(),
+                name: sa.into(),
+            }),
+            ..gateway()
+        };
+        let principal = Principal::default();
+        let check = |pair: &(IdentityGate, _), sa: &str| {
+            reason(pair.0.check_at(&token_of(sa), &principal, now()))
+        };
+        let mut pair = gate_and_writer(vec![identity("a", false, IdentityPhase::Active, LATER)]);
+        assert_eq!(check(&pair, "eid-a-0123456789"), None);
+        // Revoked after the start: the same ServiceAccount is now denied.
+        feed(
+            &mut pair,
+            &watcher::Event::Apply(identity("a", true, IdentityPhase::Active, LATER)),
+        );
+        assert_eq!(check(&pair, "eid-a-0123456789"), Some(GateReason::Revoked));
+        // Its ServiceAccount changes (a re-issue): the old one is nobody's any more.
+        let mut moved = identity("a", true, IdentityPhase::Active, LATER);
+        if let Some(status) = &mut moved.status {
+            status.service_account_name = Some("eid-a-new".into());
+        }
+        feed(&mut pair, &watcher::Event::Apply(moved.clone()));
+        assert_eq!(check(&pair, "eid-a-0123456789"), None);
+        assert_eq!(check(&pair, "eid-a-new"), Some(GateReason::Revoked));
+        // Deleted: the ServiceAccount is no identity's (the controller revokes its tokens).
+        feed(&mut pair, &watcher::Event::Delete(moved));
+        assert_eq!(check(&pair, "eid-a-new"), None);
+        // A relist replaces the index with what the API server has now.
+        feed(
+            &mut pair,
+            &watcher::Event::Apply(identity("b", true, IdentityPhase::Active, LATER)),
+        );
+        assert_eq!(check(&pair, "eid-b-0123456789"), Some(GateReason::Revoked));
+        feed(&mut pair, &watcher::Event::Init);
+        feed(
+            &mut pair,
+            &watcher::Event::InitApply(identity("c", true, IdentityPhase::Active, LATER)),
+        );
+        feed(&mut pair, &watcher::Event::InitDone);
+        assert_eq!(
+            check(&pair, "eid-b-0123456789"),
+            None,
+            "b is gone after the relist"
+        );
+        assert_eq!(check(&pair, "eid-c-0123456789"), Some(GateReason::Revoked));
     }
 }
