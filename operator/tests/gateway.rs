@@ -24,6 +24,7 @@ use operator::{
         config::GatewayConfig,
         decider::{Decider, LocalDecider, RemoteDecider, UNAVAILABLE},
         jsonrpc,
+        metrics::GatewayMetrics,
         proxy::{Gateway, router},
     },
 };
@@ -174,6 +175,7 @@ struct Fixture {
     engine: Arc<Engine>,
     audit: Arc<AuditLog>,
     audit_path: std::path::PathBuf,
+    registry: prometheus_client::registry::Registry,
     _dir: tempfile::TempDir,
 }
 
@@ -225,14 +227,24 @@ upstreams:
         config.agent_namespace.clone(),
     )
     .with_max_body(128 * 1024);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("overseer");
+    let gateway = gateway.with_metrics(GatewayMetrics::register(&mut registry));
     Fixture {
         app: router(Arc::new(gateway)),
         seen,
         engine,
         audit,
         audit_path,
+        registry,
         _dir: dir,
     }
+}
+
+/// The fixture's metrics, as `/metrics` serves them.
+fn metrics_text(f: &Fixture) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &f.registry).expect("encode");
+    out
 }
 
 async fn fixture() -> Fixture {
@@ -813,4 +825,62 @@ async fn bad_input_is_refused_audited_and_never_forwarded() {
         .expect("req");
     let r = f.app.clone().oneshot(unknown).await.expect("response");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_server_method_and_outcome() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let ok = rpc(&f, A, Some(&sid), call(1, "echo", json!({"text":"m"}))).await;
+    assert_eq!(
+        ok.json()["result"]["content"][0]["text"],
+        "m",
+        "{}",
+        ok.text
+    );
+    rpc(&f, A, Some(&sid), call(2, "delete_all", json!({}))).await;
+    rpc(&f, A, Some(&sid), call(3, "refund", json!({"amount": 1}))).await;
+    rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","id":4,"method":"tools/list"}),
+    )
+    .await;
+    rpc(
+        &f,
+        A,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","id":5,"method":"sampling/createMessage"}),
+    )
+    .await;
+    rpc(
+        &f,
+        "no-such-key-0123456789",
+        None,
+        call(6, "echo", json!({})),
+    )
+    .await;
+    // The fake server takes 5 s over `slow`; the upstream's timeout is 1 s.
+    let slow = rpc(&f, A, Some(&sid), call(7, "slow", json!({}))).await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text);
+    let text = metrics_text(&f);
+    for line in [
+        r#"overseer_gateway_requests_total{server="fake",method="initialize",outcome="forwarded"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="tools/call",outcome="forwarded"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="tools/call",outcome="denied"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="tools/call",outcome="approval_required"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="tools/list",outcome="forwarded"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="other",outcome="refused"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="none",outcome="refused"} 1"#,
+        r#"overseer_gateway_requests_total{server="fake",method="tools/call",outcome="upstream_error"} 1"#,
+        // initialize, echo, tools/list and the timed-out call went upstream.
+        r#"overseer_gateway_upstream_duration_seconds_count{server="fake"} 4"#,
+    ] {
+        assert!(text.contains(line), "{line} is missing from\n{text}");
+    }
+    assert!(
+        !text.contains("delete_all") && !text.contains("bot-a"),
+        "{text}"
+    );
 }

@@ -8,12 +8,14 @@
 //! * [`routes`]: the table of upstreams the proxy reads lock-free and the watch replaces.
 //! * [`jsonrpc`]: JSON-RPC messages, errors, and JSON/SSE response bodies.
 //! * [`proxy`]: the axum router that authenticates, decides and forwards.
+//! * [`metrics`]: its Prometheus metrics.
 //! * [`run`]: the `overseer gateway` command.
 
 pub mod config;
 pub mod decider;
 pub mod jsonrpc;
 pub mod mcpservers;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod run;

@@ -51,6 +51,7 @@ use super::{
     config::Upstream,
     decider::{Decider, UNAVAILABLE, Verdict, audit_input, refusal_event},
     jsonrpc::{self, Message},
+    metrics::{GatewayMetrics, MethodLabel, OutcomeLabel, RequestLabels, ServerLabels},
     routes::{Route, RouteTable},
 };
 use crate::decision::{
@@ -105,6 +106,7 @@ pub struct Gateway {
     max_body: usize,
     sessions: Mutex<Sessions>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    metrics: Option<GatewayMetrics>,
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +148,14 @@ impl Gateway {
             max_body: DEFAULT_MAX_BODY_BYTES,
             sessions: Mutex::new(Sessions::default()),
             client,
+            metrics: None,
         }
+    }
+
+    /// Count requests and time upstreams in `metrics`.
+    pub fn with_metrics(mut self, metrics: GatewayMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Accept POST bodies up to `bytes`.
@@ -382,6 +391,67 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Some(metrics) = gateway.metrics.clone() else {
+        return handle_inner(&gateway, name, method, uri, headers, body).await;
+    };
+    let server = if gateway.routes.get(&name).is_some() {
+        name.clone()
+    } else {
+        "unknown".to_owned()
+    };
+    let mut response = handle_inner(&gateway, name, method, uri, headers, body).await;
+    let method = response
+        .extensions_mut()
+        .remove::<MethodLabel>()
+        .map_or("none", |m| m.0);
+    let outcome = response
+        .extensions_mut()
+        .remove::<OutcomeLabel>()
+        .map_or("refused", |o| o.0);
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            server,
+            method,
+            outcome,
+        })
+        .inc();
+    response
+}
+
+/// Label `response` with an outcome (for the metrics).
+fn outcome(mut response: Response, outcome: &'static str) -> Response {
+    response.extensions_mut().insert(OutcomeLabel(outcome));
+    response
+}
+
+/// Label `response` with a method (for the metrics).
+fn method_labelled(mut response: Response, method: &'static str) -> Response {
+    response.extensions_mut().insert(MethodLabel(method));
+    response
+}
+
+/// The bounded `method` label of a JSON-RPC message.
+fn method_label(message: &Message) -> &'static str {
+    match message {
+        Message::Response => "response",
+        Message::Notification { .. } => "notification",
+        Message::Request { method, .. } => jsonrpc::KNOWN_METHODS
+            .iter()
+            .find(|m| **m == method.as_str())
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
+async fn handle_inner(
+    gateway: &Arc<Gateway>,
+    name: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // One lock-free load of the table; the route (an `Arc`) outlives a concurrent update.
     let Some(route) = gateway.routes.get(&name) else {
         return rpc_error(
@@ -397,7 +467,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut call = Audit {
-        gateway: &gateway,
+        gateway,
         server: &name,
         principal: None,
         session: session.clone(),
@@ -505,7 +575,13 @@ async fn handle(
                 // Without a session there is no stream to resume; the spec allows 405.
                 return StatusCode::METHOD_NOT_ALLOWED.into_response();
             }
-            match forward(&call, method.clone(), &uri, &headers, Bytes::new()).await {
+            let label = if method == Method::GET {
+                "GET"
+            } else {
+                "DELETE"
+            };
+            let response = match forward(&call, method.clone(), &uri, &headers, Bytes::new()).await
+            {
                 Ok(response) => {
                     if method == Method::DELETE
                         && response.status().is_success()
@@ -516,7 +592,8 @@ async fn handle(
                     stream_back(response)
                 }
                 Err(e) => e.into_response(&call, None).await,
-            }
+            };
+            method_labelled(response, label)
         }
         _ => {
             let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
@@ -608,7 +685,8 @@ async fn post(
                 .await;
         }
     };
-    match message {
+    let label = method_label(&message);
+    let response = match message {
         Message::Response => pass(call, uri, headers, bytes, None).await,
         Message::Notification { method } if method.starts_with("notifications/") => {
             pass(call, uri, headers, bytes, None).await
@@ -672,7 +750,8 @@ async fn post(
             call_tool(call, principal, uri, headers, bytes, id, params).await
         }
         Message::Request { .. } => pass(call, uri, headers, bytes, None).await,
-    }
+    };
+    method_labelled(response, label)
 }
 
 async fn pass(
@@ -751,7 +830,13 @@ async fn call_tool(
     };
     let verdict = gateway.decider.decide(&request).await;
     if !verdict.is_allowed() {
-        return refusal(&id, &verdict);
+        let label = match &verdict {
+            Verdict::Decided(d) if d.decision == Outcome::RequireApproval => "approval_required",
+            Verdict::Decided(_) => "denied",
+            Verdict::Unavailable { .. } => "unavailable",
+            Verdict::Refused { .. } => "refused",
+        };
+        return outcome(refusal(&id, &verdict), label);
     }
     let decision_id = verdict.decision_id();
     let response = match forward(call, Method::POST, uri, headers, bytes).await {
@@ -801,7 +886,7 @@ async fn call_tool(
     };
     let mut response = Response::from_parts(parts, Body::new(tap));
     strip_hop_by_hop(response.headers_mut());
-    response
+    outcome(response, "forwarded")
 }
 
 fn refusal(id: &Value, verdict: &Verdict) -> Response {
@@ -890,7 +975,7 @@ async fn list_tools(
         Ok(p) => p.into_iter().collect(),
         // Which tools the agent may see cannot be told: withhold the list (fail closed).
         Err(e) => {
-            return call
+            let refused = call
                 .refuse(
                     StatusCode::OK,
                     &id,
@@ -902,6 +987,7 @@ async fn list_tools(
                     None,
                 )
                 .await;
+            return outcome(refused, "unavailable");
         }
     };
     let filtered = jsonrpc::rewrite_response(&body, sse, &id, |message| {
@@ -920,10 +1006,11 @@ async fn list_tools(
     });
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    match filtered {
+    let response = match filtered {
         Some(out) => Response::from_parts(parts, Body::from(out)),
         None => Response::from_parts(parts, Body::from(body)),
-    }
+    };
+    outcome(response, "forwarded")
 }
 
 fn is_sse(headers: &HeaderMap) -> bool {
@@ -971,10 +1058,11 @@ impl UpstreamError {
         let id = id.cloned().unwrap_or(Value::Null);
         // Recorded as a deny: the call did not run through the gateway.
         let event = refusal_event(input, AuditResult::Deny, format!("{status}: {reason}"));
-        match call.gateway.decider.record(event).await {
+        let response = match call.gateway.decider.record(event).await {
             Ok(()) => rpc_error(status, &id, jsonrpc::UPSTREAM_ERROR, &reason, None),
             Err(e) => audit_failed(&id, &e),
-        }
+        };
+        outcome(response, "upstream_error")
     }
 }
 
@@ -1005,7 +1093,17 @@ async fn forward(
     let request = builder
         .body(Full::new(body))
         .map_err(|e| UpstreamError::Failed(e.to_string()))?;
-    match tokio::time::timeout(upstream.timeout, call.gateway.client.request(request)).await {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(upstream.timeout, call.gateway.client.request(request)).await;
+    if let Some(metrics) = &call.gateway.metrics {
+        metrics
+            .upstream_duration
+            .get_or_create(&ServerLabels {
+                server: upstream.name.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    match answer {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(UpstreamError::Failed(format!("cannot reach it: {e}"))),
         Err(_) => Err(UpstreamError::Timeout),
@@ -1021,7 +1119,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn stream_back(response: hyper::Response<Incoming>) -> Response {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
+    outcome(Response::from_parts(parts, Body::new(body)), "forwarded")
 }
 
 type OnEnd = Box<dyn FnOnce(Vec<u8>) + Send>;

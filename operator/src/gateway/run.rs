@@ -38,6 +38,7 @@ use super::{
     config::GatewayConfig,
     decider::{Decider, LocalDecider, RemoteDecider},
     mcpservers::McpServerWatch,
+    metrics::GatewayMetrics,
     proxy::{self, Gateway},
     routes::RouteTable,
 };
@@ -110,6 +111,10 @@ pub struct GatewayArgs {
         value_parser = clap::value_parser!(u16).range(0..=1024)
     )]
     pub worker_threads: u16,
+    /// Serve Prometheus metrics (`GET /metrics`: requests by server, method and outcome; upstream
+    /// latency) on this address. Kept off the agents' port: they would see every agent's counts.
+    #[arg(long, env = "OVERSEER_GATEWAY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// YAML file of API keys (the decision service's format); agents present an `agent` key.
     /// Required unless --token-review is given.
     // Not given: the empty path (`api_keys_file()` is `None`). Kept a `PathBuf` so code reading
@@ -329,6 +334,29 @@ pub async fn run_gateway(
     if let Some(reviewer) = tokens {
         gateway = gateway.with_token_review(reviewer);
     }
+    let metrics_server = match args.metrics_listen {
+        Some(addr) => {
+            let mut registry =
+                prometheus_client::registry::Registry::with_prefix(crate::metrics::PREFIX);
+            gateway = gateway.with_metrics(GatewayMetrics::register(&mut registry));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(listen = %addr, "gateway metrics served at /metrics");
+            let mut stop = shutdown_rx.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    crate::metrics::registry_router(Arc::new(registry)),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            }))
+        }
+        None => None,
+    };
     let gateway = Arc::new(gateway);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -349,6 +377,10 @@ pub async fn run_gateway(
         .context("the gateway failed");
     if let Some(watch) = watch {
         watch.abort();
+    }
+    if let Some(server) = metrics_server {
+        // Nothing to finish: stop it whether or not the shutdown signal reached it.
+        server.abort();
     }
     served?;
     finish(side_server, &audit).await
