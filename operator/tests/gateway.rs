@@ -884,3 +884,172 @@ async fn metrics_count_requests_by_server_method_and_outcome() {
         "{text}"
     );
 }
+
+/// A TCP listener that speaks TLS with `acceptor` (handshakes that fail are dropped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A private CA (its PEM) and the fake MCP server behind https://127.0.0.1:PORT/mcp with a
+/// certificate it signed.
+async fn https_upstream(seen: Shared) -> (String, SocketAddr) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "overseer test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("server key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("server certificate");
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .expect("server TLS");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let listener = TlsListener {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+    };
+    let app = Router::new().route("/mcp", post(fake_mcp)).with_state(seen);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (ca_cert.pem(), addr)
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_against_its_own_ca() {
+    let seen: Shared = Arc::default();
+    let (ca_pem, addr) = https_upstream(seen.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca_pem).expect("write CA");
+    let config = GatewayConfig::from_yaml(&format!(
+        r#"
+upstreams:
+  - name: pinned
+    url: https://{addr}/mcp
+    tls: {{caFile: "{}"}}
+  - name: system-roots
+    url: https://{addr}/mcp
+"#,
+        ca_file.display()
+    ))
+    .expect("config");
+    let upstreams = config.resolve(|_| None).expect("resolve");
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file: Some(FileSinkConfig::new(dir.path().join("audit.jsonl"))),
+            ..AuditConfig::default()
+        })
+        .expect("audit"),
+    );
+    let gateway = Gateway::new(
+        Arc::new(LocalDecider::new(engine(), audit)),
+        Authenticator::from_yaml(KEYS).expect("keys"),
+        upstreams,
+        Some("default".into()),
+    );
+    let app = router(Arc::new(gateway));
+    let initialize = |server: &str| {
+        Request::post(format!("/mcp/{server}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::AUTHORIZATION, format!("Bearer {A}"))
+            .body(Body::from(
+                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string(),
+            ))
+            .expect("request")
+    };
+    // Verified against the private CA: the exchange goes through.
+    let ok = app
+        .clone()
+        .oneshot(initialize("pinned"))
+        .await
+        .expect("answer");
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(ok.headers().contains_key("mcp-session-id"));
+    // The same server is no system root's: the handshake fails, answered 502, nothing reaches it.
+    let seen_before = seen.lock().map(|s| s.bodies.len()).unwrap_or(0);
+    let refused = app
+        .oneshot(initialize("system-roots"))
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        seen.lock().map(|s| s.bodies.len()).unwrap_or(0),
+        seen_before
+    );
+
+    // Bad TLS configurations are refused at start-up, saying what to fix.
+    for (tls, url, want) in [
+        (
+            r#"{caFile: "/nonexistent/ca.crt"}"#,
+            format!("https://{addr}/mcp"),
+            "cannot read",
+        ),
+        (
+            r#"{caFile: "@NOT_PEM@"}"#,
+            format!("https://{addr}/mcp"),
+            "holds no PEM certificate",
+        ),
+        (
+            r#"{caFile: "@CA@"}"#,
+            format!("http://{addr}/mcp"),
+            "https:// urls only",
+        ),
+    ] {
+        let tls = tls
+            .replace(
+                "@NOT_PEM@",
+                &dir.path().join("audit.jsonl").display().to_string(),
+            )
+            .replace("@CA@", &ca_file.display().to_string());
+        let err = GatewayConfig::from_yaml(&format!(
+            "upstreams:\n  - name: bad\n    url: {url}\n    tls: {tls}\n"
+        ))
+        .expect("parses")
+        .resolve(|_| None)
+        .expect_err("refused");
+        assert!(
+            err.contains(want) && err.contains("upstreams[0] (bad)"),
+            "{err}"
+        );
+    }
+}

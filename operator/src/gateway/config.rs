@@ -12,6 +12,8 @@
 //!       header: Authorization
 //!       prefix: "Bearer "
 //!       fromEnv: GITHUB_MCP_TOKEN  # or fromFile: /var/run/secrets/github/token
+//!     tls:                         # https:// only; omitted: the system's root certificates
+//!       caFile: /etc/overseer/ca/ca.crt   # PEM; the server's certificate must chain to it
 //! ```
 //!
 //! The checks and the credential header are shared with `MCPServer` objects
@@ -59,6 +61,18 @@ pub struct UpstreamConfig {
     /// The credential injected into every request to the upstream.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// TLS to an `https://` upstream. Omitted: the system's root certificates.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// How an `https://` upstream is verified.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificate(s) the upstream's certificate must chain to — instead of
+    /// the system's roots (a private CA, e.g. a mounted Secret's `ca.crt`).
+    pub ca_file: PathBuf,
 }
 
 /// Where the upstream's credential comes from.
@@ -92,6 +106,9 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Injected header.
     pub credential: Option<(HeaderName, HeaderValue)>,
+    /// A client of its own, verifying the upstream against its own CA (`tls.caFile`); `None`:
+    /// the gateway's shared client (system roots).
+    pub client: Option<super::tls::UpstreamClient>,
 }
 
 impl Upstream {
@@ -135,12 +152,23 @@ impl GatewayConfig {
                 Some(0) => return Err(format!("{at}: timeoutSeconds must be at least 1")),
                 Some(s) => Duration::from_secs(s),
             };
+            let client = match &u.tls {
+                None => None,
+                Some(_) if uri.scheme_str() != Some("https") => {
+                    return Err(format!("{at}: tls applies to https:// urls only"));
+                }
+                Some(tls) => Some(super::tls::client(
+                    super::tls::private_ca_file(&tls.ca_file)
+                        .map_err(|e| format!("{at}: tls.caFile: {e}"))?,
+                )),
+            };
             let upstream = Upstream {
                 name: u.name.clone(),
                 uri,
                 agents,
                 timeout,
                 credential,
+                client,
             };
             if out.insert(u.name.clone(), upstream).is_some() {
                 return Err(format!("{at}: the name is used twice"));

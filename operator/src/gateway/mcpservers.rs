@@ -102,6 +102,8 @@ pub fn upstream_of(
         agents,
         timeout,
         credential,
+        // MCPServer objects have no CA of their own yet: the system's roots.
+        client: None,
     })
 }
 

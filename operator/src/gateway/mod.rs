@@ -10,6 +10,7 @@
 //! * [`proxy`]: the axum router that authenticates, decides and forwards.
 //! * [`metrics`]: its Prometheus metrics.
 //! * [`run`]: the `overseer gateway` command.
+//! * [`tls`]: TLS to `https://` upstreams (system roots, or an upstream's own CA).
 
 pub mod config;
 pub mod decider;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod run;
+pub mod tls;

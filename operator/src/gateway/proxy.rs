@@ -35,11 +35,6 @@ use axum::{
 };
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use overseer_policy::{
     audit::{AuditInput, AuditResult},
     limits,
@@ -53,6 +48,7 @@ use super::{
     jsonrpc::{self, Message},
     metrics::{GatewayMetrics, MethodLabel, OutcomeLabel, RequestLabels, ServerLabels},
     routes::{Route, RouteTable},
+    tls::UpstreamClient,
 };
 use crate::decision::{
     auth::{self, AuthError, Authenticator, Caller, Role},
@@ -105,7 +101,7 @@ pub struct Gateway {
     namespace: Option<String>,
     max_body: usize,
     sessions: Mutex<Sessions>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: UpstreamClient,
     metrics: Option<GatewayMetrics>,
 }
 
@@ -127,18 +123,7 @@ impl Gateway {
         upstreams: HashMap<String, Upstream>,
         namespace: Option<String>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config())
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(connector),
-            );
+        let client = super::tls::client(super::tls::system_roots());
         Self {
             decider,
             auth,
@@ -253,34 +238,6 @@ impl Gateway {
         let key = (upstream.to_owned(), session.to_owned());
         if s.owners.remove(&key).is_some() {
             s.order.retain(|k| k != &key);
-        }
-    }
-}
-
-/// TLS to `https://` upstreams: rustls (ring) verifying against the system's root
-/// certificates. Without any, `https://` upstreams fail their handshake (answered 502, audited)
-/// while `http://` ones keep working.
-fn tls_config() -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "a system root certificate could not be loaded");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        tracing::warn!("no system root certificates found: https:// upstreams cannot be verified");
-    }
-    match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-        // ring supports the safe default versions; this is unreachable in practice.
-        Err(e) => {
-            tracing::error!(error = %e, "TLS to upstreams unavailable");
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
         }
     }
 }
@@ -1094,7 +1051,9 @@ async fn forward(
         .body(Full::new(body))
         .map_err(|e| UpstreamError::Failed(e.to_string()))?;
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(upstream.timeout, call.gateway.client.request(request)).await;
+    // An upstream with its own CA has its own client; the rest share the system roots'.
+    let client = upstream.client.as_ref().unwrap_or(&call.gateway.client);
+    let answer = tokio::time::timeout(upstream.timeout, client.request(request)).await;
     if let Some(metrics) = &call.gateway.metrics {
         metrics
             .upstream_duration
