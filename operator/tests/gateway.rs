@@ -864,6 +864,19 @@ async fn metrics_count_requests_by_server_method_and_outcome() {
     // The fake server takes 5 s over `slow`; the upstream's timeout is 1 s.
     let slow = rpc(&f, A, Some(&sid), call(7, "slow", json!({}))).await;
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text);
+    // A name no upstream has is counted under `unknown`, never under the name sent.
+    let nowhere = f
+        .app
+        .clone()
+        .oneshot(
+            Request::post("/mcp/no-such-server")
+                .header(header::AUTHORIZATION, format!("Bearer {A}"))
+                .body(Body::from(call(8, "echo", json!({})).to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(nowhere.status(), StatusCode::NOT_FOUND);
     let text = metrics_text(&f);
     for line in [
         r#"overseer_gateway_requests_total{server="fake",method="initialize",outcome="forwarded"} 1"#,
@@ -876,6 +889,7 @@ async fn metrics_count_requests_by_server_method_and_outcome() {
         r#"overseer_gateway_requests_total{server="fake",method="tools/call",outcome="upstream_error"} 1"#,
         // initialize, echo, tools/list and the timed-out call went upstream.
         r#"overseer_gateway_upstream_duration_seconds_count{server="fake"} 4"#,
+        r#"overseer_gateway_requests_total{server="unknown",method="none",outcome="refused"} 1"#,
     ] {
         assert!(text.contains(line), "{line} is missing from\n{text}");
     }

@@ -281,6 +281,22 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// The audit log at `audit_path` and a recording decider over [`engine`] writing to it.
+fn recording(audit_path: &std::path::Path) -> (Arc<AuditLog>, Arc<RecordingDecider>) {
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file: Some(FileSinkConfig::new(audit_path)),
+            ..AuditConfig::default()
+        })
+        .expect("audit"),
+    );
+    let decider = Arc::new(RecordingDecider {
+        inner: LocalDecider::new(engine(), Arc::clone(&audit)),
+        asked: Mutex::default(),
+    });
+    (audit, decider)
+}
+
 fn engine() -> Arc<Engine> {
     let compilation = compile(&parse_policies(POLICIES).expect("policies parse"));
     assert!(compilation.is_ok(), "{:?}", compilation.reports);
@@ -302,17 +318,7 @@ async fn fixture(client: kube::Client) -> Fixture {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let audit_path = dir.path().join("audit.jsonl");
-    let audit = Arc::new(
-        AuditLog::open(AuditConfig {
-            file: Some(FileSinkConfig::new(&audit_path)),
-            ..AuditConfig::default()
-        })
-        .expect("audit"),
-    );
-    let decider = Arc::new(RecordingDecider {
-        inner: LocalDecider::new(engine(), Arc::clone(&audit)),
-        asked: Mutex::default(),
-    });
+    let (audit, decider) = recording(&audit_path);
     let config = GatewayConfig::from_yaml(&format!(
         r#"
 agentNamespace: default
@@ -445,8 +451,13 @@ fn forwarded_count(f: &Fixture) -> usize {
 }
 
 fn audit_text(f: &Fixture) -> String {
-    f.audit.flush().expect("flush");
-    std::fs::read_to_string(&f.audit_path).unwrap_or_default()
+    flushed(&f.audit, &f.audit_path)
+}
+
+/// The audit file's text once everything queued is written.
+fn flushed(audit: &AuditLog, path: &std::path::Path) -> String {
+    audit.flush().expect("flush");
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 fn error_message(a: &Answer) -> String {
@@ -773,17 +784,7 @@ struct ExtFixture {
 fn ext_fixture(client: kube::Client) -> ExtFixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let audit_path = dir.path().join("audit.jsonl");
-    let audit = Arc::new(
-        AuditLog::open(AuditConfig {
-            file: Some(FileSinkConfig::new(&audit_path)),
-            ..AuditConfig::default()
-        })
-        .expect("audit"),
-    );
-    let decider = Arc::new(RecordingDecider {
-        inner: LocalDecider::new(engine(), Arc::clone(&audit)),
-        asked: Mutex::default(),
-    });
+    let (audit, decider) = recording(&audit_path);
     let service = ExtAuthz::new(
         Arc::clone(&decider) as Arc<dyn Decider>,
         Authenticator::from_yaml(KEYS).expect("keys"),
@@ -843,8 +844,7 @@ async fn ext_check(f: &ExtFixture, credential: &str, tool: &str) -> (i32, CheckR
 }
 
 fn ext_audit(f: &ExtFixture) -> String {
-    f.audit.flush().expect("flush");
-    std::fs::read_to_string(&f.audit_path).unwrap_or_default()
+    flushed(&f.audit, &f.audit_path)
 }
 
 #[tokio::test]

@@ -486,6 +486,20 @@ impl CompiledPolicies {
         allowed || self.raw.iter().any(|&p| enforced(p))
     }
 
+    /// The tools of `tools` (listed by MCP server `server`) that `principal` may ever call
+    /// ([`Self::may_allow`]), in the order given.
+    pub fn permitted(
+        &self,
+        principal: &Principal,
+        server: Option<&str>,
+        tools: Vec<String>,
+    ) -> Vec<String> {
+        tools
+            .into_iter()
+            .filter(|tool| self.may_allow(principal, server, tool))
+            .collect()
+    }
+
     pub(crate) fn policy(&self, idx: u32) -> &CompiledPolicy {
         &self.policies[idx as usize]
     }

@@ -355,6 +355,18 @@ mod tests {
         }
     }
 
+    /// A caller that authenticated with the token of ServiceAccount agents/`sa`.
+    fn token_of(sa: &str) -> Caller {
+        Caller {
+            role: Role::Agent,
+            service_account: Some(ServiceAccountRef {
+                namespace: "agents".into(),
+                name: sa.into(),
+            }),
+            ..gateway()
+        }
+    }
+
     fn naming(name: &str) -> Principal {
         Principal {
             id: "coder".into(),
@@ -418,14 +430,6 @@ mod tests {
             identity("live", false, IdentityPhase::Active, LATER),
             identity("killed", true, IdentityPhase::Active, LATER),
         ]);
-        let token_of = |sa: &str| Caller {
-            role: Role::Agent,
-            service_account: Some(ServiceAccountRef {
-                namespace: "agents".into(),
-                name: sa.into(),
-            }),
-            ..gateway()
-        };
         let principal = Principal {
             id: "system:serviceaccount:agents:x".into(),
             ..Principal::default()
@@ -482,14 +486,6 @@ mod tests {
 
     #[test]
     fn the_service_account_index_follows_the_watch() {
-        let token_of = |sa: &str| Caller {
-            role: Role::Agent,
-            service_account: Some(ServiceAccountRef {
-                namespace: "agents".into(),
-                name: sa.into(),
-            }),
-            ..gateway()
-        };
         let principal = Principal::default();
         let check = |pair: &(IdentityGate, _), sa: &str| {
             reason(pair.0.check_at(&token_of(sa), &principal, now()))

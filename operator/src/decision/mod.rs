@@ -177,14 +177,7 @@ impl DecisionService {
     /// Authenticate the `Authorization` header: an API key first, then (when configured) a
     /// Kubernetes token through TokenReview.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
-        let header = authorization(headers);
-        match self.auth.authenticate(header) {
-            Err(AuthError::Unknown) => match (&self.tokens, auth::bearer(header)) {
-                (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
-                _ => Err(AuthError::Unknown),
-            },
-            other => other,
-        }
+        tokenreview::authenticate(&self.auth, self.tokens.as_ref(), authorization(headers)).await
     }
 }
 
@@ -645,6 +638,18 @@ pub struct UsageResponse {
     pub unchanged: usize,
 }
 
+/// 403 for an approver on an endpoint of the enforcement points: "`<caller> <refusal>`".
+fn refuse_approver(caller: &Caller, refusal: &str) -> Option<Response> {
+    (caller.role == auth::Role::Approver).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{} {refusal}", caller.name),
+            None,
+        )
+    })
+}
+
 /// Most tool names one `POST /v1/tools/permitted` may ask about.
 pub const MAX_PERMITTED_TOOLS: usize = 10_000;
 
@@ -682,16 +687,8 @@ async fn permitted_tools(
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
     };
-    if caller.role == auth::Role::Approver {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{} is an approver; approvers do not call tools",
-                caller.name
-            ),
-            None,
-        );
+    if let Some(refused) = refuse_approver(&caller, "is an approver; approvers do not call tools") {
+        return refused;
     }
     let mut request: PermittedToolsRequest =
         match read_json(body, "a valid permitted-tools request").await {
@@ -720,15 +717,10 @@ async fn permitted_tools(
             GateVerdict::Closed { .. }
         )
     });
-    let server = request.server.as_deref();
     let tools = if shut_out {
         Vec::new()
     } else {
-        request
-            .tools
-            .into_iter()
-            .filter(|tool| compiled.may_allow(&request.principal, server, tool))
-            .collect()
+        compiled.permitted(&request.principal, request.server.as_deref(), request.tools)
     };
     Json(PermittedToolsResponse {
         tools,
@@ -746,13 +738,8 @@ async fn commit_usage(
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
     };
-    if caller.role == auth::Role::Approver {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("{} may not commit usage", caller.name),
-            None,
-        );
+    if let Some(refused) = refuse_approver(&caller, "may not commit usage") {
+        return refused;
     }
     let request: UsageRequest = match read_json(body, "a valid usage report").await {
         Ok(r) => r,

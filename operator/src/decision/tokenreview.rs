@@ -25,7 +25,7 @@ use kube::{Api, Client, api::PostParams};
 use moka::{Expiry, future::Cache};
 use sha2::{Digest, Sha256};
 
-use super::auth::{AuthError, Caller, Role, ServiceAccountRef};
+use super::auth::{AuthError, Authenticator, Caller, Role, ServiceAccountRef, bearer};
 
 /// Users and groups that get a role other than the default.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,6 +61,23 @@ impl RoleMapping {
         } else {
             None
         }
+    }
+}
+
+/// Authenticate an `Authorization` header as every endpoint does: an API key of `keys` first,
+/// then — when `tokens` is given and the credential is no known key — a Kubernetes token
+/// through TokenReview.
+pub async fn authenticate(
+    keys: &Authenticator,
+    tokens: Option<&TokenReviewer>,
+    authorization: Option<&str>,
+) -> Result<Caller, AuthError> {
+    match keys.authenticate(authorization) {
+        Err(AuthError::Unknown) => match (tokens, bearer(authorization)) {
+            (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
+            _ => Err(AuthError::Unknown),
+        },
+        other => other,
     }
 }
 

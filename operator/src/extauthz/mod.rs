@@ -46,8 +46,8 @@ use self::{
 };
 use crate::{
     decision::{
-        auth::{self, AuthError, Authenticator, Caller, Role},
-        tokenreview::TokenReviewer,
+        auth::{AuthError, Authenticator, Caller, Role},
+        tokenreview::{self, TokenReviewer},
     },
     gateway::decider::{Decider, Verdict, refusal_event},
 };
@@ -317,14 +317,12 @@ impl ExtAuthz {
                 JSONRPC_UNAUTHENTICATED
             },
         };
-        let header = http.header("authorization");
-        let authenticated = match self.auth.authenticate(header) {
-            Err(AuthError::Unknown) => match (&self.tokens, auth::bearer(header)) {
-                (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
-                _ => Err(AuthError::Unknown),
-            },
-            other => other,
-        };
+        let authenticated = tokenreview::authenticate(
+            &self.auth,
+            self.tokens.as_ref(),
+            http.header("authorization"),
+        )
+        .await;
         let caller: Caller = authenticated.map_err(|e| {
             let status = match e {
                 // The token could not be reviewed: fail closed, and say it is not the agent's fault.

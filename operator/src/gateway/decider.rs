@@ -166,21 +166,6 @@ pub fn refusal_event(input: AuditInput, result: AuditResult, reason: String) -> 
     event
 }
 
-/// The tools of `tools` that `principal` may ever call on `server` under `engine`'s current
-/// revision.
-fn permitted_by(
-    engine: &Engine,
-    principal: &Principal,
-    server: Option<&str>,
-    tools: Vec<String>,
-) -> Vec<String> {
-    let compiled = engine.current();
-    tools
-        .into_iter()
-        .filter(|tool| compiled.may_allow(principal, server, tool))
-        .collect()
-}
-
 async fn append(audit: &AuditLog, event: AuditEvent) -> Result<(), String> {
     audit.append_async(event).await.map_err(|e| e.to_string())
 }
@@ -288,7 +273,7 @@ impl Decider for LocalDecider {
         server: Option<&'a str>,
         tools: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<String>, String>> {
-        let permitted = permitted_by(&self.engine, principal, server, tools);
+        let permitted = self.engine.current().permitted(principal, server, tools);
         Box::pin(async move { Ok(permitted) })
     }
 
@@ -512,7 +497,7 @@ impl Decider for RemoteDecider {
         tools: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<String>, String>> {
         if let Some(engine) = &self.policies {
-            let permitted = permitted_by(engine, principal, server, tools);
+            let permitted = engine.current().permitted(principal, server, tools);
             return Box::pin(async move { Ok(permitted) });
         }
         Box::pin(async move {

@@ -77,3 +77,7 @@ pub(crate) struct MethodLabel(pub &'static str);
 /// The `outcome` label of a response, attached where it is decided; absent means `refused`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct OutcomeLabel(pub &'static str);
+
+/// Marks the answer to a request for a server name no upstream has (`server="unknown"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UnknownServer;

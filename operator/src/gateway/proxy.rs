@@ -46,13 +46,15 @@ use super::{
     config::Upstream,
     decider::{Decider, UNAVAILABLE, Verdict, audit_input, refusal_event},
     jsonrpc::{self, Message},
-    metrics::{GatewayMetrics, MethodLabel, OutcomeLabel, RequestLabels, ServerLabels},
+    metrics::{
+        GatewayMetrics, MethodLabel, OutcomeLabel, RequestLabels, ServerLabels, UnknownServer,
+    },
     routes::{Route, RouteTable},
     tls::UpstreamClient,
 };
 use crate::decision::{
-    auth::{self, AuthError, Authenticator, Caller, Role},
-    tokenreview::TokenReviewer,
+    auth::{AuthError, Authenticator, Caller, Role},
+    tokenreview::{self, TokenReviewer},
 };
 
 /// The session header.
@@ -171,13 +173,7 @@ impl Gateway {
     /// Authenticate the `Authorization` header: an API key first, then (when configured) a
     /// Kubernetes token through TokenReview, as the decision service does.
     async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
-        match self.auth.authenticate(authorization) {
-            Err(AuthError::Unknown) => match (&self.tokens, auth::bearer(authorization)) {
-                (Some(reviewer), Some(token)) => reviewer.authenticate(token).await,
-                _ => Err(AuthError::Unknown),
-            },
-            other => other,
-        }
+        tokenreview::authenticate(&self.auth, self.tokens.as_ref(), authorization).await
     }
 
     /// The principal an authenticated agent acts as: an API key's `agent` (in the configured
@@ -351,12 +347,17 @@ async fn handle(
     let Some(metrics) = gateway.metrics.clone() else {
         return handle_inner(&gateway, name, method, uri, headers, body).await;
     };
-    let server = if gateway.routes.get(&name).is_some() {
-        name.clone()
-    } else {
-        "unknown".to_owned()
-    };
+    let server = name.clone();
     let mut response = handle_inner(&gateway, name, method, uri, headers, body).await;
+    let server = if response
+        .extensions_mut()
+        .remove::<UnknownServer>()
+        .is_some()
+    {
+        "unknown".to_owned()
+    } else {
+        server
+    };
     let method = response
         .extensions_mut()
         .remove::<MethodLabel>()
@@ -411,13 +412,16 @@ async fn handle_inner(
 ) -> Response {
     // One lock-free load of the table; the route (an `Arc`) outlives a concurrent update.
     let Some(route) = gateway.routes.get(&name) else {
-        return rpc_error(
+        let mut response = rpc_error(
             StatusCode::NOT_FOUND,
             &Value::Null,
             jsonrpc::INVALID_REQUEST,
             &format!("no upstream MCP server named {name:?} is configured"),
             None,
         );
+        // Not a configured name: counted under `unknown` (names agents send are unbounded).
+        response.extensions_mut().insert(UnknownServer);
+        return response;
     };
     let session = headers
         .get(SESSION_HEADER)
