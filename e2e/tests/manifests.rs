@@ -1054,6 +1054,13 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
             !credential_secrets.is_empty(),
             "{dir}: shows an injected credential"
         );
+        token_review_rbac(
+            dir,
+            &objects,
+            &spec,
+            value["metadata"]["namespace"].as_str().unwrap_or_default(),
+            flags.tokens.token_review,
+        );
         for other in spec.containers.iter().filter(|c| c.name != "gateway") {
             for m in other.volume_mounts.iter().flatten() {
                 let secret = spec
@@ -1255,6 +1262,81 @@ fn gateway_watch_rbac(
     secrets
 }
 
+/// With `--token-review` (`token_review`), the pod runs as a ServiceAccount of its own, in
+/// `namespace`, with its token mounted, bound cluster-wide to a ClusterRole granting exactly
+/// `create` on tokenreviews and nothing else; without it, no binding reaches that account.
+fn token_review_rbac(
+    dir: &str,
+    objects: &[(PathBuf, Value)],
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    namespace: &str,
+    token_review: bool,
+) {
+    let Some(account) = spec.service_account_name.clone() else {
+        assert!(
+            !token_review,
+            "{dir}: --token-review needs a ServiceAccount of its own"
+        );
+        return;
+    };
+    let bindings: Vec<ClusterRoleBinding> = objects
+        .iter()
+        .filter(|(_, v)| v["kind"] == "ClusterRoleBinding")
+        .map(|(path, value)| typed(path, value))
+        .filter(|b: &ClusterRoleBinding| {
+            b.subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == account
+                    && s.namespace.as_deref() == Some(namespace)
+            })
+        })
+        .collect();
+    if !token_review {
+        assert!(
+            bindings.is_empty(),
+            "{dir}: {account} is bound cluster-wide without --token-review"
+        );
+        return;
+    }
+    assert_ne!(account, "default", "{dir}: a ServiceAccount of its own");
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(true),
+        "{dir}: --token-review needs the pod's token"
+    );
+    assert!(
+        objects.iter().any(|(_, v)| v["kind"] == "ServiceAccount"
+            && v["metadata"]["name"] == account.as_str()
+            && v["metadata"]["namespace"] == namespace),
+        "{dir}: no ServiceAccount {account} in {namespace}"
+    );
+    let [binding] = bindings.as_slice() else {
+        panic!(
+            "{dir}: one ClusterRoleBinding for {account}, found {}",
+            bindings.len()
+        )
+    };
+    assert_eq!(
+        binding.subjects.as_ref().map(Vec::len),
+        Some(1),
+        "{dir}: the binding names {account} only"
+    );
+    let (path, value) = objects
+        .iter()
+        .find(|(_, v)| {
+            v["kind"] == "ClusterRole" && v["metadata"]["name"] == binding.role_ref.name.as_str()
+        })
+        .unwrap_or_else(|| panic!("{dir}: ClusterRole {} is missing", binding.role_ref.name));
+    let role: ClusterRole = typed(path, value);
+    assert_eq!(
+        grants(&role),
+        triples("authentication.k8s.io", "tokenreviews", &["create"])
+            .into_iter()
+            .collect(),
+        "{dir}: cluster-wide it may only review tokens"
+    );
+}
+
 #[test]
 fn the_fleet_rollout_controller_gets_exactly_what_it_uses() {
     let objects = default_objects();
@@ -1289,7 +1371,16 @@ fn ext_authz_component_runs_overseer_ext_authz_and_envoy_points_at_it() {
         .map(|(_, v)| v["kind"].as_str().unwrap_or_default().to_owned())
         .collect();
     kinds.sort();
-    assert_eq!(kinds, ["Deployment", "Service"]);
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
     let (path, value) = found
         .iter()
         .find(|(_, v)| v["kind"] == "Deployment")
@@ -1307,6 +1398,12 @@ fn ext_authz_component_runs_overseer_ext_authz_and_envoy_points_at_it() {
     let operator::cli::Command::ExtAuthz(ext) = cli.command else {
         panic!("the container must run `overseer ext-authz`")
     };
+    assert!(
+        ext.tokens.token_review,
+        "agents may present their own tokens"
+    );
+    assert_eq!(ext.tokens.token_audiences, ["overseer-ext-authz"]);
+    token_review_rbac("config/extauthz", &found, &spec, "overseer-system", true);
     assert_eq!(ext.listen.port(), 9191);
     let decision_url = ext.decision_url.clone().expect("asks the decision service");
     assert!(
