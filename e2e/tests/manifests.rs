@@ -1212,13 +1212,7 @@ fn gateway_watch_rbac(
     let _: ServiceAccount = typed(path, value);
     let bindings: Vec<RoleBinding> = of_kind("RoleBinding")
         .map(|(path, value)| typed(path, value))
-        .filter(|b: &RoleBinding| {
-            b.subjects.iter().flatten().any(|s| {
-                s.kind == "ServiceAccount"
-                    && s.name == account
-                    && s.namespace.as_deref() == Some(namespace)
-            })
-        })
+        .filter(|b: &RoleBinding| names_account(b.subjects.as_deref(), &account, namespace))
         .collect();
     let [binding] = bindings.as_slice() else {
         panic!(
@@ -1283,13 +1277,7 @@ fn token_review_rbac(
         .iter()
         .filter(|(_, v)| v["kind"] == "ClusterRoleBinding")
         .map(|(path, value)| typed(path, value))
-        .filter(|b: &ClusterRoleBinding| {
-            b.subjects.iter().flatten().any(|s| {
-                s.kind == "ServiceAccount"
-                    && s.name == account
-                    && s.namespace.as_deref() == Some(namespace)
-            })
-        })
+        .filter(|b: &ClusterRoleBinding| names_account(b.subjects.as_deref(), &account, namespace))
         .collect();
     if !token_review {
         assert!(
@@ -1538,4 +1526,15 @@ fn ext_authz_component_runs_overseer_ext_authz_and_envoy_points_at_it() {
             ["context_extensions"][operator::extauthz::SERVER_EXTENSION]
             .is_string()
     );
+}
+
+/// Whether a binding's `subjects` name the ServiceAccount `account` of `namespace`.
+fn names_account(
+    subjects: Option<&[k8s_openapi::api::rbac::v1::Subject]>,
+    account: &str,
+    namespace: &str,
+) -> bool {
+    subjects.into_iter().flatten().any(|s| {
+        s.kind == "ServiceAccount" && s.name == account && s.namespace.as_deref() == Some(namespace)
+    })
 }
