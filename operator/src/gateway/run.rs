@@ -368,6 +368,12 @@ pub async fn run_gateway(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
+    // Every call sets an upstream timeout (at least 1 s), and a remote decision its deadline.
+    let armed = proxy::keep_timer_armed(if args.decision_url.is_some() {
+        deadline.min(Duration::from_secs(1))
+    } else {
+        Duration::from_secs(1)
+    });
     let served = axum::serve(listener, proxy::router(gateway))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -378,6 +384,7 @@ pub async fn run_gateway(
     if let Some(watch) = watch {
         watch.abort();
     }
+    armed.abort();
     if let Some(server) = metrics_server {
         // Nothing to finish: stop it whether or not the shutdown signal reached it.
         server.abort();
