@@ -927,11 +927,12 @@ pub enum IdentityPhase {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('https://')").message("tls applies to https:// urls only; drop spec.tls or use an https:// url"))]
 pub struct MCPServerSpec {
     /// The server's Streamable HTTP endpoint, an absolute `http://` or `https://` URL, e.g.
     /// `http://github-mcp.mcp-servers.svc:8080/mcp`. No user information (`user:password@`):
     /// put credentials in `credential`, which is kept in a Secret. `https://` servers are
-    /// verified against the gateway's system roots.
+    /// verified against the gateway's system roots, or against `tls.caSecretRef` only.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an absolute http:// or https:// URL"))]
     #[x_kube(validation = Rule::new("!self.matches('^https?://[^/?#]*@')").message("url must not carry user information; put the credential in credential.secretRef"))]
@@ -952,6 +953,22 @@ pub struct MCPServerSpec {
     /// The credential the gateway injects into every request to the server. Omitted: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<MCPServerCredential>,
+    /// How the gateway verifies an `https://` server. Omitted: against the gateway's system
+    /// root certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MCPServerTLS>,
+}
+
+/// How the gateway verifies an `https://` MCP server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerTLS {
+    /// The Secret (in this object's namespace) and the key of its `data` holding the PEM CA
+    /// certificate(s) the server's certificate must chain to — a private or cluster CA, e.g.
+    /// the `ca.crt` key of the Secret cert-manager writes. Only these are trusted for this
+    /// server (the system roots are not). Read like the credential Secret, and again within
+    /// the gateway's refresh period after a change (CA rotation).
+    pub ca_secret_ref: crate::common::SecretKeyRef,
 }
 
 /// A credential read from a Secret in the `MCPServer`'s namespace and sent as one header.

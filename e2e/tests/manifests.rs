@@ -1185,8 +1185,8 @@ fn gateway_watch_rbac(
             Ok("a-credential".to_owned())
         })
         .unwrap_or_else(|e| panic!("{dir}: MCPServer {name} cannot be served: {e}"));
-        if let Some(c) = &server.spec.credential {
-            secrets.insert(c.secret_ref.name.clone());
+        for reference in operator::gateway::mcpservers::secret_refs(&server.spec) {
+            secrets.insert(reference.name.clone());
         }
     }
     assert!(servers > 0, "{dir}: watches MCPServers but defines none");

@@ -2,6 +2,11 @@
 //! driven with `oneshot`. Allow, deny, approval, tools/list filtering, session binding,
 //! fail-closed decisions, upstream failures and bad input — each audited.
 
+// Shared with gateway_mcpservers.rs, which also counts handshakes.
+#[path = "support/https.rs"]
+#[allow(dead_code)]
+mod https;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -899,72 +904,11 @@ async fn metrics_count_requests_by_server_method_and_outcome() {
     );
 }
 
-/// A TCP listener that speaks TLS with `acceptor` (handshakes that fail are dropped).
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
 /// A private CA (its PEM) and the fake MCP server behind https://127.0.0.1:PORT/mcp with a
 /// certificate it signed.
 async fn https_upstream(seen: Shared) -> (String, SocketAddr) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "overseer test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().expect("server key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("server certificate");
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-    )
-    .expect("server TLS");
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = tcp.local_addr().expect("addr");
-    let listener = TlsListener {
-        tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-    };
-    let app = Router::new().route("/mcp", post(fake_mcp)).with_state(seen);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (ca_cert.pem(), addr)
+    let served = https::serve(Router::new().route("/mcp", post(fake_mcp)).with_state(seen)).await;
+    (served.ca_pem, served.addr)
 }
 
 #[tokio::test]

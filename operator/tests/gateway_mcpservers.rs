@@ -6,8 +6,12 @@
 //! Covered: a call forwarded with the Secret's credential (and a rotated Secret picked up), an
 //! object changed to another URL without a restart, a deleted object answered 404, a missing
 //! credential (and a forbidden Secret) not served but refused with the reason and audited, an
-//! object replacing a file upstream of the same name, Secrets only ever read by name, and the
-//! start-up check's messages.
+//! object replacing a file upstream of the same name, Secrets only ever read by name, the
+//! start-up check's messages, and an `https://` server verified against the CA of its
+//! `spec.tls.caSecretRef`.
+
+#[path = "support/https.rs"]
+mod https;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -157,6 +161,12 @@ impl FakeApi {
             name.to_owned(),
             Some([(key.to_owned(), base64_encode(value.as_bytes()))].into()),
         );
+    }
+
+    /// How often the Secret `name` was read.
+    fn secret_log_count(&self, name: &str) -> usize {
+        let path = format!("GET /api/v1/namespaces/{NS}/secrets/{name}");
+        self.lock().log.iter().filter(|l| **l == path).count()
     }
 
     fn forbid_secret(&self, name: &str) {
@@ -808,5 +818,96 @@ async fn an_https_upstream_is_spoken_to_over_tls() {
         answer.json
     );
     assert!(seen_credentials(&seen).is_empty());
+    let _ = f.stop.send(());
+}
+
+#[tokio::test]
+async fn an_https_mcpserver_is_verified_against_the_ca_of_its_secret() {
+    let seen: Seen = Arc::default();
+    let server = https::serve(
+        Router::new()
+            .route("/mcp", post(fake_mcp))
+            .with_state(("pinned", seen.clone())),
+    )
+    .await;
+    let (ca_pem, other_ca) = (
+        server.ca_pem.clone(),
+        https::serve(Router::new()).await.ca_pem,
+    );
+    let url = format!("https://{}/mcp", server.addr);
+    let api = FakeApi::new();
+    api.put_secret("github-token", "token", "upstream-secret-1");
+    api.put_secret("github-ca", "ca.crt", &ca_pem);
+    api.put_secret("wrong-ca", "ca.crt", &other_ca);
+    let mut pinned = github(&url, "github-token");
+    pinned["tls"] = json!({"caSecretRef": {"name": "github-ca", "key": "ca.crt"}});
+    api.apply("pinned", pinned);
+    // Verified against another CA, and against the system roots: the handshake fails.
+    let mut wrong = github(&url, "github-token");
+    wrong["tls"] = json!({"caSecretRef": {"name": "wrong-ca", "key": "ca.crt"}});
+    api.apply("wrong", wrong);
+    api.apply("roots", github(&url, "github-token"));
+    // A CA Secret that is missing: not served, and the agent is told why.
+    let mut missing = github(&url, "github-token");
+    missing["tls"] = json!({"caSecretRef": {"name": "no-such-ca", "key": "ca.crt"}});
+    api.apply("missing", missing);
+    let f = fixture(api, None).await;
+
+    let answer = call(&f, "pinned", BOT_A).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(answer.text(), "pinned");
+    assert_eq!(
+        seen_credentials(&seen),
+        [Some("Bearer upstream-secret-1".to_owned())]
+    );
+    for server in ["wrong", "roots"] {
+        let answer = call(&f, server, BOT_A).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_GATEWAY,
+            "{server}: {}",
+            answer.json
+        );
+        assert!(
+            answer.error().starts_with("upstream_error"),
+            "{}",
+            answer.json
+        );
+    }
+    assert_eq!(
+        seen_credentials(&seen).len(),
+        1,
+        "nothing reached it unverified"
+    );
+    let answer = call(&f, "missing", BOT_A).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.json);
+    assert!(
+        answer.error().contains(
+            "(CAMissing): CA Secret mcp/no-such-ca not found; create it with the key \"ca.crt\""
+        ),
+        "{}",
+        answer.json
+    );
+
+    // The client made for the CA is kept across refreshes, and its connection with it: after
+    // the Secrets were read again, the next call needs no new TLS handshake.
+    let handshakes = server.handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(handshakes, 1, "one connection so far");
+    let reads = f.api.secret_log_count("github-ca");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while f.api.secret_log_count("github-ca") == reads {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the CA Secret was not read again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = call(&f, "pinned", BOT_A).await;
+    assert_eq!(answer.text(), "pinned", "{}", answer.json);
+    assert_eq!(
+        server.handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the connection made before the refresh was reused"
+    );
     let _ = f.stop.send(());
 }

@@ -188,3 +188,11 @@ pub async fn timeout_after_1s(scenario: JoinHandle<()>) {
         ),
     }
 }
+
+/// The PEM certificate of a new self-signed CA (for objects that name a CA Secret).
+pub fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().expect("CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).expect("CA certificate").pem()
+}

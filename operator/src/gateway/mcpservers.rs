@@ -39,9 +39,11 @@ use super::{
         credential_header, credential_value, parse_url,
     },
     routes::{
-        REASON_CREDENTIAL_INVALID, REASON_CREDENTIAL_MISSING, REASON_CREDENTIAL_UNREADABLE,
-        REASON_INVALID_SPEC, Route, RouteTable, Routes, Unavailable,
+        REASON_CA_INVALID, REASON_CA_MISSING, REASON_CA_UNREADABLE, REASON_CREDENTIAL_INVALID,
+        REASON_CREDENTIAL_MISSING, REASON_CREDENTIAL_UNREADABLE, REASON_INVALID_SPEC, Route,
+        RouteTable, Routes, Unavailable,
     },
+    tls::UpstreamClient,
 };
 
 /// Longest `timeoutSeconds` an object may ask for (the CRD's bound).
@@ -51,14 +53,125 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 /// Longest one Secret read may take before the gateway moves on (keeping what it had).
 const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a Secret key is read for: the noun of the messages and the `Ready` reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretUse {
+    /// `spec.credential.secretRef`: the header value injected into every request.
+    Credential,
+    /// `spec.tls.caSecretRef`: the CA certificates the server is verified against.
+    Ca,
+}
+
+impl SecretUse {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Credential => "credential",
+            Self::Ca => "CA",
+        }
+    }
+
+    fn missing(self) -> &'static str {
+        match self {
+            Self::Credential => REASON_CREDENTIAL_MISSING,
+            Self::Ca => REASON_CA_MISSING,
+        }
+    }
+
+    fn invalid(self) -> &'static str {
+        match self {
+            Self::Credential => REASON_CREDENTIAL_INVALID,
+            Self::Ca => REASON_CA_INVALID,
+        }
+    }
+
+    fn unreadable(self) -> &'static str {
+        match self {
+            Self::Credential => REASON_CREDENTIAL_UNREADABLE,
+            Self::Ca => REASON_CA_UNREADABLE,
+        }
+    }
+}
+
+/// Why a Secret key gave no value. Kept apart from what the key is for, so one read of a Secret
+/// serves every reference to it; [`Self::explain`] says it for one use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretProblem {
+    /// The Secret does not exist.
+    NoSecret,
+    /// The Secret has no such key.
+    NoKey,
+    /// The key's value is not UTF-8.
+    NotUtf8,
+    /// The reader may not `get` the Secret (RBAC).
+    Forbidden,
+    /// The read failed (the API server unreachable, ...): why.
+    Failed(String),
+    /// The read took longer than this many seconds.
+    Slow(u64),
+    /// It has not been read yet.
+    NotReadYet,
+}
+
+impl SecretProblem {
+    /// The reason and message for `reference` (in `namespace`) used as `used`; never the value.
+    pub fn explain(
+        &self,
+        namespace: &str,
+        reference: &SecretKeyRef,
+        used: SecretUse,
+    ) -> Unavailable {
+        let noun = used.noun();
+        let secret = format!("{noun} Secret {namespace}/{}", reference.name);
+        match self {
+            Self::NoSecret => Unavailable::new(
+                used.missing(),
+                format!(
+                    "{secret} not found; create it with the key {:?}",
+                    reference.key
+                ),
+            ),
+            Self::NoKey => Unavailable::new(
+                used.missing(),
+                format!("{secret} has no key {:?}", reference.key),
+            ),
+            Self::NotUtf8 => Unavailable::new(
+                used.invalid(),
+                format!(
+                    "{} is not UTF-8 text",
+                    secret_key_name(namespace, reference)
+                ),
+            ),
+            Self::Forbidden => Unavailable::new(
+                used.unreadable(),
+                format!(
+                    "the gateway may not read {secret}: give its ServiceAccount get on secrets \
+                     in {namespace} (a Role whose resourceNames list {})",
+                    reference.name
+                ),
+            ),
+            Self::Failed(e) => {
+                Unavailable::new(used.unreadable(), format!("cannot read {secret}: {e}"))
+            }
+            Self::Slow(seconds) => Unavailable::new(
+                used.unreadable(),
+                format!("reading {secret} took over {seconds}s"),
+            ),
+            Self::NotReadYet => {
+                Unavailable::new(used.unreadable(), format!("{secret} has not been read yet"))
+            }
+        }
+    }
+}
+
 /// The upstream `name` (an `MCPServer` of `namespace`) stands for, or why it cannot be served.
-/// `credential` reads the referenced Secret key's value (see [`credential_from_secret`]); it is
-/// only called once everything else is valid.
+/// `secret` reads a referenced Secret key's value (see [`secret_value`]); it is only called
+/// once everything else is valid. An `https://` server with `spec.tls` gets a client of its
+/// own, trusting only that CA.
 pub fn upstream_of(
     namespace: &str,
     name: &str,
     spec: &MCPServerSpec,
-    credential: impl FnOnce(&SecretKeyRef) -> Result<String, Unavailable>,
+    secret: impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
 ) -> Result<Upstream, Unavailable> {
     let invalid = |message: String| Unavailable::new(REASON_INVALID_SPEC, message);
     check_name(name).map_err(|e| invalid(format!("metadata.name: {e}")))?;
@@ -73,14 +186,21 @@ pub fn upstream_of(
             )));
         }
     };
+    // The API server checks this too (a CEL rule); objects written without it are refused here.
+    if spec.tls.is_some() && uri.scheme_str() != Some("https") {
+        return Err(invalid(
+            "spec.tls applies to https:// urls only; drop spec.tls or use an https:// url".into(),
+        ));
+    }
     let credential = match &spec.credential {
         None => None,
         Some(c) => {
             let header = credential_header(c.header.as_deref())
                 .map_err(|e| invalid(format!("spec.credential.header: {e}")))?;
-            let secret = credential(&c.secret_ref)?;
+            let value = secret(&c.secret_ref)
+                .map_err(|p| p.explain(namespace, &c.secret_ref, SecretUse::Credential))?;
             let at = secret_key_name(namespace, &c.secret_ref);
-            let value = credential_value(c.prefix.as_deref(), &secret).map_err(|e| match e {
+            let value = credential_value(c.prefix.as_deref(), &value).map_err(|e| match e {
                 CredentialValueError::Empty => Unavailable::new(
                     REASON_CREDENTIAL_MISSING,
                     format!("{at} is empty; put the credential there"),
@@ -96,15 +216,35 @@ pub fn upstream_of(
             Some((header, value))
         }
     };
+    let client = match &spec.tls {
+        None => None,
+        Some(tls) => {
+            let reference = &tls.ca_secret_ref;
+            let pem =
+                secret(reference).map_err(|p| p.explain(namespace, reference, SecretUse::Ca))?;
+            Some(ca_client(namespace, reference, &pem)?)
+        }
+    };
     Ok(Upstream {
         name: name.to_owned(),
         uri,
         agents,
         timeout,
         credential,
-        // MCPServer objects have no CA of their own yet: the system's roots.
-        client: None,
+        client,
     })
+}
+
+/// A client trusting only the PEM CA certificates `pem` (the key `reference` of a Secret).
+fn ca_client(
+    namespace: &str,
+    reference: &SecretKeyRef,
+    pem: &str,
+) -> Result<UpstreamClient, Unavailable> {
+    let at = secret_key_name(namespace, reference);
+    super::tls::private_ca(pem.as_bytes(), &at)
+        .map(super::tls::client)
+        .map_err(|e| Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {e}")))
 }
 
 fn secret_key_name(namespace: &str, reference: &SecretKeyRef) -> String {
@@ -115,21 +255,12 @@ fn secret_key_name(namespace: &str, reference: &SecretKeyRef) -> String {
 }
 
 /// The value of `reference`'s key in `secret` (`None`: the Secret does not exist), or why there
-/// is none. The message names the Secret and the key, never the value.
-pub fn credential_from_secret(
-    namespace: &str,
+/// is none.
+pub fn secret_value(
     reference: &SecretKeyRef,
     secret: Option<&Secret>,
-) -> Result<String, Unavailable> {
-    let Some(secret) = secret else {
-        return Err(Unavailable::new(
-            REASON_CREDENTIAL_MISSING,
-            format!(
-                "credential Secret {namespace}/{} not found; create it with the key {:?}",
-                reference.name, reference.key
-            ),
-        ));
-    };
+) -> Result<String, SecretProblem> {
+    let secret = secret.ok_or(SecretProblem::NoSecret)?;
     let bytes = secret
         .data
         .as_ref()
@@ -141,36 +272,27 @@ pub fn credential_from_secret(
                 .as_ref()
                 .and_then(|d| d.get(&reference.key))
                 .map(|s| s.as_bytes())
-        });
-    let Some(bytes) = bytes else {
-        return Err(Unavailable::new(
-            REASON_CREDENTIAL_MISSING,
-            format!(
-                "credential Secret {namespace}/{} has no key {:?}",
-                reference.name, reference.key
-            ),
-        ));
-    };
-    String::from_utf8(bytes.to_vec()).map_err(|_| {
-        Unavailable::new(
-            REASON_CREDENTIAL_INVALID,
-            format!(
-                "{} is not UTF-8 text",
-                secret_key_name(namespace, reference)
-            ),
-        )
-    })
+        })
+        .ok_or(SecretProblem::NoKey)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| SecretProblem::NotUtf8)
 }
 
-/// One credential as last read.
+/// The Secret keys `spec` references: its credential's, then its CA's.
+pub fn secret_refs(spec: &MCPServerSpec) -> impl Iterator<Item = &SecretKeyRef> {
+    let credential = spec.credential.as_ref().map(|c| &c.secret_ref);
+    let ca = spec.tls.as_ref().map(|t| &t.ca_secret_ref);
+    credential.into_iter().chain(ca)
+}
+
+/// One Secret key's value as last read (a credential or a CA), or why there is none.
 #[derive(Clone)]
-struct Cached(Result<String, Unavailable>);
+struct Cached(Result<String, SecretProblem>);
 
 impl std::fmt::Debug for Cached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
-            Ok(_) => f.write_str("Cached(<credential>)"),
-            Err(e) => write!(f, "Cached({e})"),
+            Ok(_) => f.write_str("Cached(<value>)"),
+            Err(e) => write!(f, "Cached({e:?})"),
         }
     }
 }
@@ -185,8 +307,10 @@ pub struct McpServerWatch {
     file: HashMap<String, Arc<Upstream>>,
     table: RouteTable,
     refresh: Duration,
-    /// `(Secret, key)` → the value (or why there is none).
-    credentials: HashMap<(String, String), Cached>,
+    /// `(Secret, key)` → the value (or why there is none): credentials and CAs.
+    values: HashMap<(String, String), Cached>,
+    /// One client per CA (its PEM), kept across syncs so that their connections are too.
+    clients: HashMap<String, UpstreamClient>,
     /// `resourceVersion` of every object at the last sync: a changed object's Secret is re-read.
     seen: HashMap<String, Option<String>>,
 }
@@ -210,7 +334,8 @@ impl McpServerWatch {
                 .collect(),
             table,
             refresh: DEFAULT_REFRESH,
-            credentials: HashMap::new(),
+            values: HashMap::new(),
+            clients: HashMap::new(),
             seen: HashMap::new(),
         }
     }
@@ -250,33 +375,32 @@ impl McpServerWatch {
     }
 
     /// Rebuild the table from `servers` (every `MCPServer` of the namespace), reading the
-    /// credential Secrets of new and changed objects, and of all of them when `refresh_all`.
+    /// Secrets (credentials, CAs) of new and changed objects, and of all of them when
+    /// `refresh_all`.
     pub async fn sync(&mut self, servers: &[Arc<MCPServer>], refresh_all: bool) {
         // Which Secret keys are wanted, and which Secrets to read now.
         let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut read: BTreeSet<String> = BTreeSet::new();
         for server in servers {
-            let Some(credential) = &server.spec.credential else {
-                continue;
-            };
-            let reference = &credential.secret_ref;
-            wanted
-                .entry(reference.name.clone())
-                .or_default()
-                .insert(reference.key.clone());
             let changed = self.seen.get(&server.name_any()) != Some(&server.resource_version());
-            let cached = self
-                .credentials
-                .contains_key(&(reference.name.clone(), reference.key.clone()));
-            if refresh_all || changed || !cached {
-                read.insert(reference.name.clone());
+            for reference in secret_refs(&server.spec) {
+                wanted
+                    .entry(reference.name.clone())
+                    .or_default()
+                    .insert(reference.key.clone());
+                let cached = self
+                    .values
+                    .contains_key(&(reference.name.clone(), reference.key.clone()));
+                if refresh_all || changed || !cached {
+                    read.insert(reference.name.clone());
+                }
             }
         }
         for name in read {
             let keys = wanted.get(&name).cloned().unwrap_or_default();
             self.read_secret(&name, &keys).await;
         }
-        self.credentials
+        self.values
             .retain(|(secret, key), _| wanted.get(secret).is_some_and(|keys| keys.contains(key)));
         self.seen = servers
             .iter()
@@ -289,23 +413,29 @@ impl McpServerWatch {
             .iter()
             .map(|(name, u)| (name.clone(), Route::Serve(Arc::clone(u))))
             .collect();
+        let mut clients = HashMap::new();
         for server in servers {
             let name = server.name_any();
-            let route = match upstream_of(&self.namespace, &name, &server.spec, |reference| {
-                self.credentials
+            let lookup = |reference: &SecretKeyRef| {
+                self.values
                     .get(&(reference.name.clone(), reference.key.clone()))
-                    .map(|c| c.0.clone())
-                    .unwrap_or_else(|| {
-                        Err(Unavailable::new(
-                            REASON_CREDENTIAL_UNREADABLE,
-                            format!(
-                                "credential Secret {}/{} has not been read yet",
-                                self.namespace, reference.name
-                            ),
-                        ))
-                    })
-            }) {
-                Ok(upstream) => Route::Serve(Arc::new(upstream)),
+                    .map_or(Err(SecretProblem::NotReadYet), |c| c.0.clone())
+            };
+            let route = match upstream_of(&self.namespace, &name, &server.spec, lookup) {
+                Ok(mut upstream) => {
+                    // The client made for this CA before, if there was one: its connections
+                    // survive the sync.
+                    if let (Some(tls), Some(fresh)) = (&server.spec.tls, upstream.client.take()) {
+                        let pem = lookup(&tls.ca_secret_ref).unwrap_or_default();
+                        let client = match clients.get(&pem) {
+                            Some(shared) => UpstreamClient::clone(shared),
+                            None => self.clients.remove(&pem).unwrap_or(fresh),
+                        };
+                        clients.insert(pem, client.clone());
+                        upstream.client = Some(client);
+                    }
+                    Route::Serve(Arc::new(upstream))
+                }
                 Err(why) => Route::Unavailable(Arc::new(why)),
             };
             if self.file.contains_key(&name) && !shadowed(&previous, &self.file, &name) {
@@ -318,48 +448,31 @@ impl McpServerWatch {
             log_change(previous.get(&name), &route, &name, &self.namespace);
             routes.insert(name, route);
         }
+        // Clients of CAs no longer used are dropped.
+        self.clients = clients;
         for name in previous.keys().filter(|n| !routes.contains_key(*n)) {
             info!(server = %name, namespace = %self.namespace, "MCP server removed: no longer served");
         }
         self.table.store(routes);
     }
 
+    /// The clients kept for CAs (one per distinct CA in use).
+    pub fn ca_clients(&self) -> usize {
+        self.clients.len()
+    }
+
     /// Read the Secret `name` and remember the value of each of `keys`.
     async fn read_secret(&mut self, name: &str, keys: &BTreeSet<String>) {
-        let ns = self.namespace.clone();
         let read = tokio::time::timeout(SECRET_READ_TIMEOUT, self.secrets.get_opt(name)).await;
         // `Err((why, passing))`: a passing failure keeps the value read before (the Secret did
         // not change because the API server could not be reached).
-        let outcome: Result<Option<Secret>, (Unavailable, bool)> = match read {
+        let outcome: Result<Option<Secret>, (SecretProblem, bool)> = match read {
             Ok(Ok(secret)) => Ok(secret),
-            Ok(Err(kube::Error::Api(status))) if status.code == 403 || status.code == 401 => Err((
-                Unavailable::new(
-                    REASON_CREDENTIAL_UNREADABLE,
-                    format!(
-                        "the gateway may not read credential Secret {ns}/{name}: give its \
-                         ServiceAccount get on secrets in {ns} (a Role whose resourceNames list \
-                         {name})"
-                    ),
-                ),
-                false,
-            )),
-            Ok(Err(e)) => Err((
-                Unavailable::new(
-                    REASON_CREDENTIAL_UNREADABLE,
-                    format!("cannot read credential Secret {ns}/{name}: {e}"),
-                ),
-                true,
-            )),
-            Err(_) => Err((
-                Unavailable::new(
-                    REASON_CREDENTIAL_UNREADABLE,
-                    format!(
-                        "reading credential Secret {ns}/{name} took over {}s",
-                        SECRET_READ_TIMEOUT.as_secs()
-                    ),
-                ),
-                true,
-            )),
+            Ok(Err(kube::Error::Api(status))) if status.code == 403 || status.code == 401 => {
+                Err((SecretProblem::Forbidden, false))
+            }
+            Ok(Err(e)) => Err((SecretProblem::Failed(e.to_string()), true)),
+            Err(_) => Err((SecretProblem::Slow(SECRET_READ_TIMEOUT.as_secs()), true)),
         };
         for key in keys {
             let entry = (name.to_owned(), key.clone());
@@ -368,17 +481,17 @@ impl McpServerWatch {
                 key: key.clone(),
             };
             let value = match &outcome {
-                Ok(secret) => credential_from_secret(&ns, &reference, secret.as_ref()),
+                Ok(secret) => secret_value(&reference, secret.as_ref()),
                 Err((why, passing)) => {
-                    if *passing && matches!(self.credentials.get(&entry), Some(Cached(Ok(_)))) {
-                        warn!(secret = %name, namespace = %ns, error = %why.message,
-                              "cannot read the credential Secret; keeping the value read before");
+                    if *passing && matches!(self.values.get(&entry), Some(Cached(Ok(_)))) {
+                        warn!(secret = %name, namespace = %self.namespace, error = ?why,
+                              "cannot read the Secret; keeping the value read before");
                         continue;
                     }
                     Err(why.clone())
                 }
             };
-            self.credentials.insert(entry, Cached(value));
+            self.values.insert(entry, Cached(value));
         }
     }
 
@@ -468,7 +581,9 @@ fn log_change(before: Option<&Route>, after: &Route, name: &str, namespace: &str
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
-    use overseer_crds::agents::MCPServerCredential;
+    use overseer_crds::agents::{MCPServerCredential, MCPServerTLS};
+
+    use crate::controller::test_support::ca_pem;
 
     fn spec(url: &str) -> MCPServerSpec {
         MCPServerSpec {
@@ -483,6 +598,7 @@ mod tests {
                 header: None,
                 prefix: Some("Bearer ".into()),
             }),
+            tls: None,
         }
     }
 
@@ -497,7 +613,7 @@ mod tests {
     fn an_object_with_its_secret_is_an_upstream() {
         let s = secret("token", b"s3cret\n");
         let up = upstream_of("mcp", "github", &spec("https://gh.example/mcp"), |r| {
-            credential_from_secret("mcp", r, Some(&s))
+            secret_value(r, Some(&s))
         })
         .expect("served");
         assert_eq!(up.name, "github");
@@ -592,13 +708,107 @@ mod tests {
         ];
         for (spec, secret, reason, message) in cases {
             let why = upstream_of("mcp", "gh-server", &spec, |r| {
-                credential_from_secret("mcp", r, secret.as_ref())
+                secret_value(r, secret.as_ref())
             })
             .expect_err(message);
             assert_eq!(why.reason, reason, "{why}");
             assert!(why.message.contains(message), "{why}");
             assert!(!why.message.contains("secret-value"), "{why}");
         }
+    }
+
+    fn with_ca(url: &str) -> MCPServerSpec {
+        MCPServerSpec {
+            tls: Some(MCPServerTLS {
+                ca_secret_ref: SecretKeyRef {
+                    name: "gh-ca".into(),
+                    key: "ca.crt".into(),
+                },
+            }),
+            ..spec(url)
+        }
+    }
+
+    #[test]
+    fn a_ca_gives_the_upstream_a_client_of_its_own() {
+        let pem = ca_pem();
+        let lookup = |r: &SecretKeyRef| match r.name.as_str() {
+            "gh" => Ok("s3cret".to_owned()),
+            "gh-ca" => Ok(pem.clone()),
+            other => panic!("unexpected Secret {other}"),
+        };
+        let up = upstream_of("mcp", "github", &with_ca("https://gh.example/mcp"), lookup)
+            .expect("served");
+        assert!(up.client.is_some(), "its own client");
+        assert!(up.credential.is_some());
+        // Without tls: the gateway's shared client.
+        let up =
+            upstream_of("mcp", "github", &spec("https://gh.example/mcp"), lookup).expect("served");
+        assert!(up.client.is_none());
+    }
+
+    #[test]
+    fn a_ca_that_cannot_be_used_says_why() {
+        let cases: Vec<(MCPServerSpec, Result<String, SecretProblem>, &str, &str)> = vec![
+            (
+                with_ca("http://gh.example/mcp"),
+                Ok(ca_pem()),
+                REASON_INVALID_SPEC,
+                "spec.tls applies to https:// urls only",
+            ),
+            (
+                with_ca("https://gh.example/mcp"),
+                Err(SecretProblem::NoSecret),
+                REASON_CA_MISSING,
+                "CA Secret mcp/gh-ca not found; create it with the key \"ca.crt\"",
+            ),
+            (
+                with_ca("https://gh.example/mcp"),
+                Err(SecretProblem::NoKey),
+                REASON_CA_MISSING,
+                "CA Secret mcp/gh-ca has no key \"ca.crt\"",
+            ),
+            (
+                with_ca("https://gh.example/mcp"),
+                Err(SecretProblem::Forbidden),
+                REASON_CA_UNREADABLE,
+                "the gateway may not read CA Secret mcp/gh-ca",
+            ),
+            (
+                with_ca("https://gh.example/mcp"),
+                Ok("secret-value, not PEM".into()),
+                REASON_CA_INVALID,
+                "spec.tls.caSecretRef: key \"ca.crt\" of Secret mcp/gh-ca holds no PEM certificate",
+            ),
+            (
+                with_ca("https://gh.example/mcp"),
+                Ok(
+                    "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+                        .into(),
+                ),
+                REASON_CA_INVALID,
+                "spec.tls.caSecretRef: key \"ca.crt\" of Secret mcp/gh-ca",
+            ),
+        ];
+        for (spec, ca, reason, message) in cases {
+            let why = upstream_of("mcp", "github", &spec, |r| match r.name.as_str() {
+                "gh" => Ok("token".to_owned()),
+                _ => ca.clone(),
+            })
+            .expect_err(message);
+            assert_eq!(why.reason, reason, "{why}");
+            assert!(why.message.contains(message), "{why}");
+            assert!(!why.message.contains("secret-value"), "{why}");
+        }
+    }
+
+    #[test]
+    fn secret_refs_lists_the_credential_then_the_ca() {
+        let spec = with_ca("https://x/mcp");
+        let names: Vec<&str> = secret_refs(&spec).map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["gh", "gh-ca"]);
+        let open = MCPServerSpec::default();
+        assert_eq!(secret_refs(&open).count(), 0);
     }
 
     #[test]
@@ -611,10 +821,7 @@ mod tests {
             name: "gh".into(),
             key: "token".into(),
         };
-        assert_eq!(
-            credential_from_secret("mcp", &r, Some(&s)).as_deref(),
-            Ok("plain")
-        );
+        assert_eq!(secret_value(&r, Some(&s)).as_deref(), Ok("plain"));
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub const REASON_CREDENTIAL_INVALID: &str = "CredentialInvalid";
 /// The gateway could not read the credential Secret (RBAC, or the API server unreachable
 /// before the gateway ever read it).
 pub const REASON_CREDENTIAL_UNREADABLE: &str = "CredentialUnreadable";
+/// The CA Secret (`spec.tls.caSecretRef`) or its key is missing.
+pub const REASON_CA_MISSING: &str = "CAMissing";
+/// The CA Secret's key holds no usable PEM certificate.
+pub const REASON_CA_INVALID: &str = "CAInvalid";
+/// The gateway could not read the CA Secret.
+pub const REASON_CA_UNREADABLE: &str = "CAUnreadable";
 /// Something the API server's schema cannot check is wrong (a glob, the URL, the header).
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 

@@ -1,6 +1,6 @@
 //! The check of one `MCPServer`, and the pure status it computes.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{Api, Resource, ResourceExt as _, runtime::controller::Action};
@@ -17,7 +17,7 @@ use crate::{
         instrumented,
     },
     gateway::{
-        mcpservers::{credential_from_secret, upstream_of},
+        mcpservers::{secret_refs, secret_value, upstream_of},
         routes::{REASON_ACCEPTED, Unavailable},
     },
 };
@@ -55,19 +55,24 @@ pub async fn check_at(server: &MCPServer, ctx: &Context, now: Timestamp) -> Resu
         .name
         .clone()
         .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    // Read the credential Secret (if any) and keep only the verdict: the value and the rest of
-    // the Secret are dropped at the end of this block.
+    // Read the Secrets it references (credential, CA; each once) and keep only the verdict:
+    // the values and the rest of the Secrets are dropped at the end of this block.
     let verdict = {
-        let secret: Option<Secret> = match &server.spec.credential {
-            Some(c) => {
-                Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-                    .get_opt(&c.secret_ref.name)
-                    .await?
+        let api = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+        let mut secrets: BTreeMap<&str, Option<Secret>> = BTreeMap::new();
+        for reference in secret_refs(&server.spec) {
+            if !secrets.contains_key(reference.name.as_str()) {
+                let secret = api.get_opt(&reference.name).await?;
+                secrets.insert(&reference.name, secret);
             }
-            None => None,
-        };
+        }
         upstream_of(&namespace, &name, &server.spec, |reference| {
-            credential_from_secret(&namespace, reference, secret.as_ref())
+            secret_value(
+                reference,
+                secrets
+                    .get(reference.name.as_str())
+                    .and_then(Option::as_ref),
+            )
         })
         .map(|_| ())
     };
@@ -105,8 +110,8 @@ pub fn desired_status(
             ConditionStatus::True,
             REASON_ACCEPTED,
             format!(
-                "URL, agents and credential are valid: gateways watching this namespace serve it \
-                 at /mcp/{name}"
+                "URL, agents, credential and CA are valid: gateways watching this namespace \
+                 serve it at /mcp/{name}"
             ),
         ),
         Err(why) => DesiredCondition::new(

@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 use kube::{Client, api::ObjectMeta, runtime::controller::Action};
 use overseer_crds::{
-    agents::{MCPServer, MCPServerCredential, MCPServerSpec, MCPServerStatus},
+    agents::{MCPServer, MCPServerCredential, MCPServerSpec, MCPServerStatus, MCPServerTLS},
     common::SecretKeyRef,
 };
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ use super::reconcile::{NOT_READY_RECHECK, READY_RECHECK, check_at, desired_statu
 use crate::{
     controller::{
         Context, Diagnostics, EventRecorder,
-        test_support::{ApiServerVerifier, ExpectedRequest, timeout_after_1s},
+        test_support::{ApiServerVerifier, ExpectedRequest, ca_pem, timeout_after_1s},
     },
     health::Readiness,
     leader::LeaderState,
@@ -65,6 +65,7 @@ fn server(credential: bool) -> MCPServer {
                 header: None,
                 prefix: Some("Bearer ".into()),
             }),
+            tls: None,
         },
     );
     server.metadata.namespace = Some("tools".into());
@@ -97,7 +98,7 @@ fn ready(status: &str, reason: &str, message: &str) -> Value {
            "observedGeneration": 3, "lastTransitionTime": "2030-01-01T00:00:00Z"})
 }
 
-const ACCEPTED: &str = "URL, agents and credential are valid: gateways watching this namespace serve it at /mcp/github";
+const ACCEPTED: &str = "URL, agents, credential and CA are valid: gateways watching this namespace serve it at /mcp/github";
 
 fn status_patch(condition: Value) -> ExpectedRequest {
     ExpectedRequest::apply(
@@ -259,4 +260,117 @@ fn ready_keeps_its_transition_time_until_it_changes() {
     assert!(transition.is_transition());
     assert_eq!(down.conditions[0].status, "False");
     assert_eq!(down.conditions[0].last_transition_time.0, later);
+}
+
+const CA_PATH: &str = "/api/v1/namespaces/tools/secrets/github-ca";
+
+/// `server(true)` at an https:// URL verified against key `ca.crt` of Secret `ca_secret`.
+fn tls_server(ca_secret: &str) -> MCPServer {
+    let mut s = server(true);
+    s.spec.url = "https://github-mcp.mcp-servers.svc:8443/mcp".into();
+    s.spec.tls = Some(MCPServerTLS {
+        ca_secret_ref: SecretKeyRef {
+            name: ca_secret.into(),
+            key: "ca.crt".into(),
+        },
+    });
+    s
+}
+
+fn secret_named(name: &str, data: &[(&str, &[u8])]) -> Value {
+    serde_json::to_value(Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("tools".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    })
+    .expect("secret")
+}
+
+#[tokio::test]
+async fn a_server_with_its_ca_in_another_secret_reads_both_and_is_accepted() {
+    let pem = ca_pem();
+    let (client, verifier) = ApiServerVerifier::new();
+    let scenario = verifier.run(vec![
+        ExpectedRequest::get(SECRET_PATH).respond(200, secret("token")),
+        ExpectedRequest::get(CA_PATH).respond(
+            200,
+            secret_named("github-ca", &[("ca.crt", pem.as_bytes())]),
+        ),
+        status_patch(ready("True", "Accepted", ACCEPTED)),
+        event("Normal", "Accepted", &format!("Ready=True: {ACCEPTED}")),
+    ]);
+    let ctx = context(client, true);
+    let action = check_at(&tls_server("github-ca"), &ctx, now())
+        .await
+        .expect("checked");
+    assert_eq!(action, Action::requeue(READY_RECHECK));
+    drop(ctx);
+    timeout_after_1s(scenario).await;
+}
+
+#[tokio::test]
+async fn a_credential_and_ca_in_one_secret_are_read_with_one_get() {
+    let pem = ca_pem();
+    let (client, verifier) = ApiServerVerifier::new();
+    let scenario = verifier.run(vec![
+        ExpectedRequest::get(SECRET_PATH).respond(
+            200,
+            secret_named(
+                "github-token",
+                &[("token", VALUE.as_bytes()), ("ca.crt", pem.as_bytes())],
+            ),
+        ),
+        status_patch(ready("True", "Accepted", ACCEPTED)),
+        event("Normal", "Accepted", &format!("Ready=True: {ACCEPTED}")),
+    ]);
+    let ctx = context(client, true);
+    check_at(&tls_server("github-token"), &ctx, now())
+        .await
+        .expect("checked");
+    drop(ctx);
+    timeout_after_1s(scenario).await;
+}
+
+#[tokio::test]
+async fn a_missing_or_unusable_ca_is_named_with_its_own_reason() {
+    for (answer, reason, message) in [
+        (
+            (404, not_found()),
+            "CAMissing",
+            "CA Secret tools/github-ca not found; create it with the key \"ca.crt\"".to_owned(),
+        ),
+        (
+            (
+                200,
+                secret_named("github-ca", &[("ca.crt", b"not a certificate")]),
+            ),
+            "CAInvalid",
+            "spec.tls.caSecretRef: key \"ca.crt\" of Secret tools/github-ca holds no PEM \
+             certificate (-----BEGIN CERTIFICATE-----)"
+                .to_owned(),
+        ),
+    ] {
+        let (client, verifier) = ApiServerVerifier::new();
+        let scenario = verifier.run(vec![
+            ExpectedRequest::get(SECRET_PATH).respond(200, secret("token")),
+            ExpectedRequest::get(CA_PATH).respond(answer.0, answer.1),
+            status_patch(ready("False", reason, &message)),
+            event("Warning", reason, &format!("Ready=False: {message}")),
+        ]);
+        let ctx = context(client, true);
+        let action = check_at(&tls_server("github-ca"), &ctx, now())
+            .await
+            .expect("checked");
+        assert_eq!(action, Action::requeue(NOT_READY_RECHECK));
+        drop(ctx);
+        timeout_after_1s(scenario).await;
+    }
 }
