@@ -8,10 +8,11 @@
 //!   how a file upstream is moved to the cluster without a restart.
 //! * An object that cannot be served (credential Secret or key missing, a value that is no
 //!   header, a bad glob) stays in the table as [`Route::Unavailable`], so agents are told why.
-//! * The credential is read from the Secret by name (`get`, never `list` or `watch`): when an
-//!   object is new or changed, and every refresh period for all of them (rotation, a Secret
-//!   created after its object). A Secret that cannot be read for a passing reason (API server
-//!   unreachable) keeps the value last read. Values are never logged.
+//! * The credential and the CA (`spec.tls.caSecretRef`) are read from their Secrets by name
+//!   (`get`, never `list` or `watch`): when an object is new or changed, and every refresh period
+//!   for all of them (rotation, a Secret created after its object). A Secret that cannot be read
+//!   for a passing reason (API server unreachable) keeps the value last read. Values are never
+//!   logged. Each distinct CA gets one HTTPS client, kept across refreshes with its connections.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
