@@ -959,16 +959,26 @@ pub struct MCPServerSpec {
     pub tls: Option<MCPServerTLS>,
 }
 
-/// How the gateway verifies an `https://` MCP server.
+/// How the gateway verifies an `https://` MCP server, and the client certificate it presents.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.caSecretRef) || has(self.clientCertificateSecretName)").message("tls needs caSecretRef and/or clientCertificateSecretName"))]
 pub struct MCPServerTLS {
     /// The Secret (in this object's namespace) and the key of its `data` holding the PEM CA
     /// certificate(s) the server's certificate must chain to — a private or cluster CA, e.g.
     /// the `ca.crt` key of the Secret cert-manager writes. Only these are trusted for this
-    /// server (the system roots are not). Read like the credential Secret, and again within
-    /// the gateway's refresh period after a change (CA rotation).
-    pub ca_secret_ref: crate::common::SecretKeyRef,
+    /// server (the system roots are not). Omitted: the gateway's system roots. Read like the
+    /// credential Secret, and again within the gateway's refresh period after a change (CA
+    /// rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<crate::common::SecretKeyRef>,
+    /// For a server that requires mutual TLS: a `kubernetes.io/tls` Secret in this object's
+    /// namespace whose `tls.crt` (the certificate chain, PEM) and `tls.key` (its private key,
+    /// PEM) the gateway presents — e.g. the Secret of a cert-manager `Certificate`. Renewals are
+    /// picked up within the gateway's refresh period. Agents never hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_certificate_secret_name: Option<String>,
 }
 
 /// A credential read from a Secret in the `MCPServer`'s namespace and sent as one header.

@@ -911,6 +911,36 @@ async fn https_upstream(seen: Shared) -> (String, SocketAddr) {
     (served.ca_pem, served.addr)
 }
 
+/// A gateway in front of the upstreams of `config`, auditing into `dir`.
+fn tls_gateway(config: &GatewayConfig, dir: &std::path::Path) -> Router {
+    let audit = Arc::new(
+        AuditLog::open(AuditConfig {
+            file: Some(FileSinkConfig::new(dir.join("audit.jsonl"))),
+            ..AuditConfig::default()
+        })
+        .expect("audit"),
+    );
+    let gateway = Gateway::new(
+        Arc::new(LocalDecider::new(engine(), audit)),
+        Authenticator::from_yaml(KEYS).expect("keys"),
+        config.resolve(|_| None).expect("resolve"),
+        Some("default".into()),
+    );
+    router(Arc::new(gateway))
+}
+
+/// An `initialize` request to `/mcp/{server}` as agent A.
+fn initialize_request(server: &str) -> Request<Body> {
+    Request::post(format!("/mcp/{server}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::AUTHORIZATION, format!("Bearer {A}"))
+        .body(Body::from(
+            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string(),
+        ))
+        .expect("request")
+}
+
 #[tokio::test]
 async fn an_https_upstream_is_verified_against_its_own_ca() {
     let seen: Shared = Arc::default();
@@ -930,35 +960,11 @@ upstreams:
         ca_file.display()
     ))
     .expect("config");
-    let upstreams = config.resolve(|_| None).expect("resolve");
-    let audit = Arc::new(
-        AuditLog::open(AuditConfig {
-            file: Some(FileSinkConfig::new(dir.path().join("audit.jsonl"))),
-            ..AuditConfig::default()
-        })
-        .expect("audit"),
-    );
-    let gateway = Gateway::new(
-        Arc::new(LocalDecider::new(engine(), audit)),
-        Authenticator::from_yaml(KEYS).expect("keys"),
-        upstreams,
-        Some("default".into()),
-    );
-    let app = router(Arc::new(gateway));
-    let initialize = |server: &str| {
-        Request::post(format!("/mcp/{server}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .header(header::AUTHORIZATION, format!("Bearer {A}"))
-            .body(Body::from(
-                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string(),
-            ))
-            .expect("request")
-    };
+    let app = tls_gateway(&config, dir.path());
     // Verified against the private CA: the exchange goes through.
     let ok = app
         .clone()
-        .oneshot(initialize("pinned"))
+        .oneshot(initialize_request("pinned"))
         .await
         .expect("answer");
     assert_eq!(ok.status(), StatusCode::OK);
@@ -966,7 +972,7 @@ upstreams:
     // The same server is no system root's: the handshake fails, answered 502, nothing reaches it.
     let seen_before = seen.lock().map(|s| s.bodies.len()).unwrap_or(0);
     let refused = app
-        .oneshot(initialize("system-roots"))
+        .oneshot(initialize_request("system-roots"))
         .await
         .expect("answer");
     assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
@@ -1009,5 +1015,101 @@ upstreams:
             err.contains(want) && err.contains("upstreams[0] (bad)"),
             "{err}"
         );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_requiring_mutual_tls_gets_the_configured_client_certificate() {
+    let seen: Shared = Arc::default();
+    let server = https::serve_mutual(
+        Router::new()
+            .route("/mcp", post(fake_mcp))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let (cert, key) = server.client.clone().expect("a client certificate");
+    // A key of another client: not the certificate's.
+    let other = https::serve_mutual(Router::new()).await;
+    let (_, other_key) = other.client.expect("another client certificate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let (ca, cert, key, other_key) = (
+        write("ca.crt", &server.ca_pem),
+        write("tls.crt", &cert),
+        write("tls.key", &key),
+        write("other.key", &other_key),
+    );
+    let addr = server.addr;
+    let config = GatewayConfig::from_yaml(&format!(
+        r#"
+upstreams:
+  - name: mutual
+    url: https://{addr}/mcp
+    tls: {{caFile: "{ca}", certFile: "{cert}", keyFile: "{key}"}}
+  - name: no-certificate
+    url: https://{addr}/mcp
+    tls: {{caFile: "{ca}"}}
+"#
+    ))
+    .expect("config");
+    let app = tls_gateway(&config, dir.path());
+    let ok = app
+        .clone()
+        .oneshot(initialize_request("mutual"))
+        .await
+        .expect("answer");
+    assert_eq!(ok.status(), StatusCode::OK);
+    let reached = seen.lock().map(|s| s.bodies.len()).unwrap_or(0);
+    assert_eq!(reached, 1);
+    // Without a client certificate the server ends the handshake: 502, nothing reaches it.
+    let refused = app
+        .oneshot(initialize_request("no-certificate"))
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(seen.lock().map(|s| s.bodies.len()).unwrap_or(0), reached);
+
+    // Bad client certificate settings are refused at start-up, saying what to fix.
+    for (tls, want) in [
+        (
+            format!(r#"{{certFile: "{cert}"}}"#),
+            "tls.certFile needs tls.keyFile",
+        ),
+        (
+            format!(r#"{{keyFile: "{key}"}}"#),
+            "tls.keyFile needs tls.certFile",
+        ),
+        (
+            "{}".to_owned(),
+            "tls needs caFile (a private CA) and/or certFile",
+        ),
+        (
+            format!(r#"{{certFile: "{ca}", keyFile: "{ca}"}}"#),
+            "tls.certFile/keyFile: the private key of",
+        ),
+        (
+            format!(r#"{{certFile: "{key}", keyFile: "{key}"}}"#),
+            "holds no PEM certificate",
+        ),
+        (
+            format!(r#"{{certFile: "{cert}", keyFile: "{other_key}"}}"#),
+            "the client certificate and key cannot be used",
+        ),
+    ] {
+        let err = GatewayConfig::from_yaml(&format!(
+            "upstreams:\n  - name: bad\n    url: https://{addr}/mcp\n    tls: {tls}\n"
+        ))
+        .expect("parses")
+        .resolve(|_| None)
+        .expect_err("refused");
+        assert!(
+            err.contains(want) && err.contains("upstreams[0] (bad)"),
+            "{tls}: {err}"
+        );
+        assert!(!err.contains("PRIVATE KEY-----\n"), "{err}");
     }
 }

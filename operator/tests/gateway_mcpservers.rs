@@ -7,8 +7,9 @@
 //! object changed to another URL without a restart, a deleted object answered 404, a missing
 //! credential (and a forbidden Secret) not served but refused with the reason and audited, an
 //! object replacing a file upstream of the same name, Secrets only ever read by name, the
-//! start-up check's messages, and an `https://` server verified against the CA of its
-//! `spec.tls.caSecretRef`.
+//! start-up check's messages, an `https://` server verified against the CA of its
+//! `spec.tls.caSecretRef`, and one requiring mutual TLS given the client certificate of its
+//! `spec.tls.clientCertificateSecretName`.
 
 #[path = "support/https.rs"]
 mod https;
@@ -161,6 +162,15 @@ impl FakeApi {
             name.to_owned(),
             Some([(key.to_owned(), base64_encode(value.as_bytes()))].into()),
         );
+    }
+
+    /// Create or replace the Secret `name` with `data` (key → text).
+    fn put_secret_data(&self, name: &str, data: &[(&str, &str)]) {
+        let data = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), base64_encode(v.as_bytes())))
+            .collect();
+        self.lock().secrets.insert(name.to_owned(), Some(data));
     }
 
     /// How often the Secret `name` was read.
@@ -908,6 +918,74 @@ async fn an_https_mcpserver_is_verified_against_the_ca_of_its_secret() {
         server.handshakes.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "the connection made before the refresh was reused"
+    );
+    let _ = f.stop.send(());
+}
+
+#[tokio::test]
+async fn an_mcpserver_requiring_mutual_tls_gets_the_client_certificate_of_its_secret() {
+    let seen: Seen = Arc::default();
+    let server = https::serve_mutual(
+        Router::new()
+            .route("/mcp", post(fake_mcp))
+            .with_state(("mutual", seen.clone())),
+    )
+    .await;
+    let (cert, key) = server.client.clone().expect("client certificate");
+    let url = format!("https://{}/mcp", server.addr);
+    let api = FakeApi::new();
+    api.put_secret("github-token", "token", "upstream-secret-1");
+    // cert-manager style: one kubernetes.io/tls Secret with the CA, the certificate and its key.
+    api.put_secret_data(
+        "gateway-client",
+        &[
+            ("ca.crt", &server.ca_pem),
+            ("tls.crt", &cert),
+            ("tls.key", &key),
+        ],
+    );
+    let mut mutual = github(&url, "github-token");
+    mutual["tls"] = json!({"caSecretRef": {"name": "gateway-client", "key": "ca.crt"},
+                           "clientCertificateSecretName": "gateway-client"});
+    api.apply("mutual", mutual);
+    // The CA alone: the server ends the handshake without a client certificate.
+    let mut anonymous = github(&url, "github-token");
+    anonymous["tls"] = json!({"caSecretRef": {"name": "gateway-client", "key": "ca.crt"}});
+    api.apply("anonymous", anonymous);
+    // A client certificate Secret without its key: not served, and the agent is told why.
+    api.put_secret_data("half", &[("tls.crt", &cert)]);
+    let mut half = github(&url, "github-token");
+    half["tls"] = json!({"clientCertificateSecretName": "half"});
+    api.apply("half", half);
+    let f = fixture(api, None).await;
+
+    let answer = call(&f, "mutual", BOT_A).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(answer.text(), "mutual");
+    let answer = call(&f, "anonymous", BOT_A).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.json);
+    assert_eq!(
+        seen_credentials(&seen).len(),
+        1,
+        "only the mutual call reached it"
+    );
+    let answer = call(&f, "half", BOT_A).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.json);
+    assert!(
+        answer.error().contains(
+            "(ClientCertificateMissing): client certificate Secret mcp/half has no key \"tls.key\""
+        ),
+        "{}",
+        answer.json
+    );
+    // The Secret holding the CA, the certificate and the key is read once per sync, by name.
+    assert!(
+        f.api
+            .log()
+            .iter()
+            .all(|l| !l.contains("secrets?") && l.starts_with("GET")),
+        "{:?}",
+        f.api.log()
     );
     let _ = f.stop.send(());
 }

@@ -196,3 +196,13 @@ pub fn ca_pem() -> String {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.self_signed(&key).expect("CA certificate").pem()
 }
+
+/// A self-signed client certificate (PEM) and its private key (PKCS#8 PEM).
+pub fn client_certificate() -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("client key");
+    let cert = rcgen::CertificateParams::new(vec!["overseer-gateway".to_owned()])
+        .expect("client params")
+        .self_signed(&key)
+        .expect("client certificate");
+    (cert.pem(), key.serialize_pem())
+}

@@ -14,6 +14,8 @@
 //!       fromEnv: GITHUB_MCP_TOKEN  # or fromFile: /var/run/secrets/github/token
 //!     tls:                         # https:// only; omitted: the system's root certificates
 //!       caFile: /etc/overseer/ca/ca.crt   # PEM; the server's certificate must chain to it
+//!       certFile: /etc/overseer/client/tls.crt   # mutual TLS: the certificate presented
+//!       keyFile: /etc/overseer/client/tls.key    # and its private key
 //! ```
 //!
 //! The checks and the credential header are shared with `MCPServer` objects
@@ -71,8 +73,65 @@ pub struct UpstreamConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA certificate(s) the upstream's certificate must chain to — instead of
-    /// the system's roots (a private CA, e.g. a mounted Secret's `ca.crt`).
-    pub ca_file: PathBuf,
+    /// the system's roots (a private CA, e.g. a mounted Secret's `ca.crt`). Omitted: the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) presented to an upstream that requires mutual
+    /// TLS, e.g. a mounted `kubernetes.io/tls` Secret's `tls.crt`. Needs `keyFile`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (`tls.key`). Needs `certFile`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The client configuration these files describe; `Err` says which file is wrong and how.
+    fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        let identity = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let cert_pem =
+                    super::tls::read_file(cert).map_err(|e| format!("tls.certFile: {e}"))?;
+                let key_pem =
+                    super::tls::read_file(key).map_err(|e| format!("tls.keyFile: {e}"))?;
+                let origin = format!("tls.certFile/keyFile ({})", cert.display());
+                Some(
+                    super::tls::ClientIdentity::from_pem(&cert_pem, &key_pem, &origin)
+                        .map_err(|e| format!("tls.certFile/keyFile: {e}"))?,
+                )
+            }
+            (Some(_), None) => {
+                return Err("tls.certFile needs tls.keyFile (its private key)".into());
+            }
+            (None, Some(_)) => {
+                return Err("tls.keyFile needs tls.certFile (its certificate)".into());
+            }
+        };
+        if self.ca_file.is_none() && identity.is_none() {
+            return Err(
+                "tls needs caFile (a private CA) and/or certFile with keyFile (a client certificate)"
+                    .into(),
+            );
+        }
+        let ca = match &self.ca_file {
+            None => None,
+            Some(path) => Some((
+                super::tls::read_file(path).map_err(|e| format!("tls.caFile: {e}"))?,
+                path.display().to_string(),
+            )),
+        };
+        super::tls::client_config(
+            ca.as_ref()
+                .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
+            identity,
+        )
+        .map_err(|e| match e {
+            super::tls::TlsError::Ca(m) => format!("tls.caFile: {m}"),
+            super::tls::TlsError::Identity(m) => format!("tls.certFile/keyFile: {m}"),
+        })
+    }
 }
 
 /// Where the upstream's credential comes from.
@@ -106,8 +165,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Injected header.
     pub credential: Option<(HeaderName, HeaderValue)>,
-    /// A client of its own, verifying the upstream against its own CA (`tls.caFile`); `None`:
-    /// the gateway's shared client (system roots).
+    /// A client of its own, verifying the upstream against its own CA and/or presenting a
+    /// client certificate (`tls`); `None`: the gateway's shared client (system roots).
     pub client: Option<super::tls::UpstreamClient>,
 }
 
@@ -158,8 +217,7 @@ impl GatewayConfig {
                     return Err(format!("{at}: tls applies to https:// urls only"));
                 }
                 Some(tls) => Some(super::tls::client(
-                    super::tls::private_ca_file(&tls.ca_file)
-                        .map_err(|e| format!("{at}: tls.caFile: {e}"))?,
+                    tls.client_config().map_err(|e| format!("{at}: {e}"))?,
                 )),
             };
             let upstream = Upstream {

@@ -29,7 +29,7 @@ use kube::{
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
 use overseer_crds::{
-    agents::{MCPServer, MCPServerSpec},
+    agents::{MCPServer, MCPServerSpec, MCPServerTLS},
     common::SecretKeyRef,
 };
 use tracing::{info, warn};
@@ -40,12 +40,18 @@ use super::{
         credential_header, credential_value, parse_url,
     },
     routes::{
-        REASON_CA_INVALID, REASON_CA_MISSING, REASON_CA_UNREADABLE, REASON_CREDENTIAL_INVALID,
-        REASON_CREDENTIAL_MISSING, REASON_CREDENTIAL_UNREADABLE, REASON_INVALID_SPEC, Route,
-        RouteTable, Routes, Unavailable,
+        REASON_CA_INVALID, REASON_CA_MISSING, REASON_CA_UNREADABLE,
+        REASON_CLIENT_CERTIFICATE_INVALID, REASON_CLIENT_CERTIFICATE_MISSING,
+        REASON_CLIENT_CERTIFICATE_UNREADABLE, REASON_CREDENTIAL_INVALID, REASON_CREDENTIAL_MISSING,
+        REASON_CREDENTIAL_UNREADABLE, REASON_INVALID_SPEC, Route, RouteTable, Routes, Unavailable,
     },
-    tls::UpstreamClient,
+    tls::{ClientIdentity, TlsError, UpstreamClient},
 };
+
+/// The key of a `kubernetes.io/tls` Secret holding the certificate chain.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+/// The key of a `kubernetes.io/tls` Secret holding the private key.
+pub const TLS_PRIVATE_KEY_KEY: &str = "tls.key";
 
 /// Longest `timeoutSeconds` an object may ask for (the CRD's bound).
 pub const MAX_TIMEOUT_SECONDS: i32 = 3600;
@@ -61,6 +67,8 @@ pub enum SecretUse {
     Credential,
     /// `spec.tls.caSecretRef`: the CA certificates the server is verified against.
     Ca,
+    /// `spec.tls.clientCertificateSecretName`: the client certificate and key presented.
+    ClientCertificate,
 }
 
 impl SecretUse {
@@ -68,6 +76,7 @@ impl SecretUse {
         match self {
             Self::Credential => "credential",
             Self::Ca => "CA",
+            Self::ClientCertificate => "client certificate",
         }
     }
 
@@ -75,6 +84,7 @@ impl SecretUse {
         match self {
             Self::Credential => REASON_CREDENTIAL_MISSING,
             Self::Ca => REASON_CA_MISSING,
+            Self::ClientCertificate => REASON_CLIENT_CERTIFICATE_MISSING,
         }
     }
 
@@ -82,6 +92,7 @@ impl SecretUse {
         match self {
             Self::Credential => REASON_CREDENTIAL_INVALID,
             Self::Ca => REASON_CA_INVALID,
+            Self::ClientCertificate => REASON_CLIENT_CERTIFICATE_INVALID,
         }
     }
 
@@ -89,6 +100,7 @@ impl SecretUse {
         match self {
             Self::Credential => REASON_CREDENTIAL_UNREADABLE,
             Self::Ca => REASON_CA_UNREADABLE,
+            Self::ClientCertificate => REASON_CLIENT_CERTIFICATE_UNREADABLE,
         }
     }
 }
@@ -219,12 +231,7 @@ pub fn upstream_of(
     };
     let client = match &spec.tls {
         None => None,
-        Some(tls) => {
-            let reference = &tls.ca_secret_ref;
-            let pem =
-                secret(reference).map_err(|p| p.explain(namespace, reference, SecretUse::Ca))?;
-            Some(ca_client(namespace, reference, &pem)?)
-        }
+        Some(tls) => Some(tls_client(namespace, tls, &secret)?),
     };
     Ok(Upstream {
         name: name.to_owned(),
@@ -236,16 +243,68 @@ pub fn upstream_of(
     })
 }
 
-/// A client trusting only the PEM CA certificates `pem` (the key `reference` of a Secret).
-fn ca_client(
+/// A client trusting only the CA of `tls.caSecretRef` (else the system roots) and presenting
+/// the client certificate of `tls.clientCertificateSecretName` (if any).
+fn tls_client(
     namespace: &str,
-    reference: &SecretKeyRef,
-    pem: &str,
+    tls: &MCPServerTLS,
+    secret: &impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
 ) -> Result<UpstreamClient, Unavailable> {
-    let at = secret_key_name(namespace, reference);
-    super::tls::private_ca(pem.as_bytes(), &at)
+    if tls.ca_secret_ref.is_none() && tls.client_certificate_secret_name.is_none() {
+        // The API server checks this too (a CEL rule).
+        return Err(Unavailable::new(
+            REASON_INVALID_SPEC,
+            "spec.tls needs caSecretRef and/or clientCertificateSecretName",
+        ));
+    }
+    let ca = match &tls.ca_secret_ref {
+        None => None,
+        Some(reference) => Some((
+            secret(reference).map_err(|p| p.explain(namespace, reference, SecretUse::Ca))?,
+            secret_key_name(namespace, reference),
+        )),
+    };
+    let identity = match &tls.client_certificate_secret_name {
+        None => None,
+        Some(name) => {
+            let [cert, key] = client_certificate_refs(name);
+            let used = SecretUse::ClientCertificate;
+            let cert_pem = secret(&cert).map_err(|p| p.explain(namespace, &cert, used))?;
+            let key_pem = secret(&key).map_err(|p| p.explain(namespace, &key, used))?;
+            let origin = format!("Secret {namespace}/{name}");
+            Some(
+                ClientIdentity::from_pem(cert_pem.as_bytes(), key_pem.as_bytes(), &origin)
+                    .map_err(|e| {
+                        Unavailable::new(
+                            REASON_CLIENT_CERTIFICATE_INVALID,
+                            format!("spec.tls.clientCertificateSecretName: {e}"),
+                        )
+                    })?,
+            )
+        }
+    };
+    let ca = ca
+        .as_ref()
+        .map(|(pem, origin)| (pem.as_bytes(), origin.as_str()));
+    super::tls::client_config(ca, identity)
         .map(super::tls::client)
-        .map_err(|e| Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {e}")))
+        .map_err(|e| match e {
+            TlsError::Ca(m) => {
+                Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {m}"))
+            }
+            TlsError::Identity(m) => Unavailable::new(
+                REASON_CLIENT_CERTIFICATE_INVALID,
+                format!("spec.tls.clientCertificateSecretName: {m}"),
+            ),
+        })
+}
+
+/// The keys of the `kubernetes.io/tls` Secret `name`: the certificate chain, the private key.
+fn client_certificate_refs(name: &str) -> [SecretKeyRef; 2] {
+    [TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY].map(|key| SecretKeyRef {
+        name: name.to_owned(),
+        key: key.to_owned(),
+    })
 }
 
 fn secret_key_name(namespace: &str, reference: &SecretKeyRef) -> String {
@@ -278,11 +337,43 @@ pub fn secret_value(
     String::from_utf8(bytes.to_vec()).map_err(|_| SecretProblem::NotUtf8)
 }
 
-/// The Secret keys `spec` references: its credential's, then its CA's.
-pub fn secret_refs(spec: &MCPServerSpec) -> impl Iterator<Item = &SecretKeyRef> {
-    let credential = spec.credential.as_ref().map(|c| &c.secret_ref);
-    let ca = spec.tls.as_ref().map(|t| &t.ca_secret_ref);
-    credential.into_iter().chain(ca)
+/// The Secret keys `spec` references: its credential's, its CA's, then its client
+/// certificate's (`tls.crt`, `tls.key`).
+pub fn secret_refs(spec: &MCPServerSpec) -> Vec<SecretKeyRef> {
+    let mut refs: Vec<SecretKeyRef> = spec
+        .credential
+        .iter()
+        .map(|c| c.secret_ref.clone())
+        .collect();
+    if let Some(tls) = &spec.tls {
+        refs.extend(tls.ca_secret_ref.clone());
+        if let Some(name) = &tls.client_certificate_secret_name {
+            refs.extend(client_certificate_refs(name));
+        }
+    }
+    refs
+}
+
+/// A digest of the TLS material `spec` uses as `lookup` has it (`None` without `spec.tls`): the
+/// key under which its client is kept across syncs, without keeping another copy of a key.
+fn tls_fingerprint(
+    spec: &MCPServerSpec,
+    lookup: impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
+) -> Option<String> {
+    use sha2::Digest as _;
+    let tls = spec.tls.as_ref()?;
+    let mut refs: Vec<SecretKeyRef> = tls.ca_secret_ref.iter().cloned().collect();
+    if let Some(name) = &tls.client_certificate_secret_name {
+        refs.extend(client_certificate_refs(name));
+    }
+    let mut digest = sha2::Sha256::new();
+    for reference in refs {
+        // Which reference a value belongs to is part of the digest: a CA is not a certificate.
+        digest.update(format!("{}/{}\0", reference.name, reference.key));
+        digest.update(lookup(&reference).unwrap_or_default());
+        digest.update([0u8]);
+    }
+    Some(hex::encode(digest.finalize()))
 }
 
 /// One Secret key's value as last read (a credential or a CA), or why there is none.
@@ -310,7 +401,8 @@ pub struct McpServerWatch {
     refresh: Duration,
     /// `(Secret, key)` → the value (or why there is none): credentials and CAs.
     values: HashMap<(String, String), Cached>,
-    /// One client per CA (its PEM), kept across syncs so that their connections are too.
+    /// One client per distinct TLS setting (a digest of its CA and client certificate), kept
+    /// across syncs so that their connections are too.
     clients: HashMap<String, UpstreamClient>,
     /// `resourceVersion` of every object at the last sync: a changed object's Secret is re-read.
     seen: HashMap<String, Option<String>>,
@@ -426,13 +518,15 @@ impl McpServerWatch {
                 Ok(mut upstream) => {
                     // The client made for this CA before, if there was one: its connections
                     // survive the sync.
-                    if let (Some(tls), Some(fresh)) = (&server.spec.tls, upstream.client.take()) {
-                        let pem = lookup(&tls.ca_secret_ref).unwrap_or_default();
-                        let client = match clients.get(&pem) {
+                    if let (Some(fingerprint), Some(fresh)) = (
+                        tls_fingerprint(&server.spec, lookup),
+                        upstream.client.take(),
+                    ) {
+                        let client = match clients.get(&fingerprint) {
                             Some(shared) => UpstreamClient::clone(shared),
-                            None => self.clients.remove(&pem).unwrap_or(fresh),
+                            None => self.clients.remove(&fingerprint).unwrap_or(fresh),
                         };
-                        clients.insert(pem, client.clone());
+                        clients.insert(fingerprint, client.clone());
                         upstream.client = Some(client);
                     }
                     Route::Serve(Arc::new(upstream))
@@ -455,11 +549,6 @@ impl McpServerWatch {
             info!(server = %name, namespace = %self.namespace, "MCP server removed: no longer served");
         }
         self.table.store(routes);
-    }
-
-    /// The clients kept for CAs (one per distinct CA in use).
-    pub fn ca_clients(&self) -> usize {
-        self.clients.len()
     }
 
     /// Read the Secret `name` and remember the value of each of `keys`.
@@ -584,7 +673,7 @@ mod tests {
     use k8s_openapi::ByteString;
     use overseer_crds::agents::{MCPServerCredential, MCPServerTLS};
 
-    use crate::controller::test_support::ca_pem;
+    use crate::controller::test_support::{ca_pem, client_certificate};
 
     fn spec(url: &str) -> MCPServerSpec {
         MCPServerSpec {
@@ -721,10 +810,11 @@ mod tests {
     fn with_ca(url: &str) -> MCPServerSpec {
         MCPServerSpec {
             tls: Some(MCPServerTLS {
-                ca_secret_ref: SecretKeyRef {
+                ca_secret_ref: Some(SecretKeyRef {
                     name: "gh-ca".into(),
                     key: "ca.crt".into(),
-                },
+                }),
+                client_certificate_secret_name: None,
             }),
             ..spec(url)
         }
@@ -803,13 +893,122 @@ mod tests {
         }
     }
 
+    fn with_client_certificate(url: &str) -> MCPServerSpec {
+        MCPServerSpec {
+            tls: Some(MCPServerTLS {
+                ca_secret_ref: None,
+                client_certificate_secret_name: Some("gh-client".into()),
+            }),
+            ..spec(url)
+        }
+    }
+
     #[test]
-    fn secret_refs_lists_the_credential_then_the_ca() {
-        let spec = with_ca("https://x/mcp");
-        let names: Vec<&str> = secret_refs(&spec).map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["gh", "gh-ca"]);
-        let open = MCPServerSpec::default();
-        assert_eq!(secret_refs(&open).count(), 0);
+    fn secret_refs_lists_the_credential_the_ca_and_the_client_certificate() {
+        let mut spec = with_ca("https://x/mcp");
+        if let Some(tls) = &mut spec.tls {
+            tls.client_certificate_secret_name = Some("gh-client".into());
+        }
+        let refs: Vec<(String, String)> = secret_refs(&spec)
+            .into_iter()
+            .map(|r| (r.name, r.key))
+            .collect();
+        let want = [
+            ("gh", "token"),
+            ("gh-ca", "ca.crt"),
+            ("gh-client", "tls.crt"),
+            ("gh-client", "tls.key"),
+        ]
+        .map(|(n, k)| (n.to_owned(), k.to_owned()));
+        assert_eq!(refs, want);
+        assert!(secret_refs(&MCPServerSpec::default()).is_empty());
+    }
+
+    #[test]
+    fn a_client_certificate_is_read_from_its_tls_secret() {
+        let (cert, key) = client_certificate();
+        let lookup = |r: &SecretKeyRef| match (r.name.as_str(), r.key.as_str()) {
+            ("gh", "token") => Ok("s3cret".to_owned()),
+            ("gh-client", "tls.crt") => Ok(cert.clone()),
+            ("gh-client", "tls.key") => Ok(key.clone()),
+            other => panic!("unexpected Secret key {other:?}"),
+        };
+        let spec = with_client_certificate("https://gh.example/mcp");
+        let up = upstream_of("mcp", "github", &spec, lookup).expect("served");
+        assert!(up.client.is_some(), "its own client");
+        // The digest that keys its client changes with the key, and names no key material.
+        let fingerprint = tls_fingerprint(&spec, lookup).expect("fingerprint");
+        assert_eq!(fingerprint.len(), 64);
+        let rotated = tls_fingerprint(&spec, |r: &SecretKeyRef| {
+            if r.key == "tls.key" {
+                Ok(client_certificate().1)
+            } else {
+                lookup(r)
+            }
+        });
+        assert_ne!(rotated.as_deref(), Some(fingerprint.as_str()));
+        assert_eq!(tls_fingerprint(&self::spec("https://x/mcp"), lookup), None);
+    }
+
+    #[test]
+    fn a_client_certificate_that_cannot_be_used_says_why() {
+        let (cert, key) = client_certificate();
+        let (_, other_key) = client_certificate();
+        let cases: Vec<(Option<&str>, Option<&str>, &str, &str)> = vec![
+            (
+                None,
+                Some(&key),
+                REASON_CLIENT_CERTIFICATE_MISSING,
+                "client certificate Secret mcp/gh-client has no key \"tls.crt\"",
+            ),
+            (
+                Some(&cert),
+                None,
+                REASON_CLIENT_CERTIFICATE_MISSING,
+                "client certificate Secret mcp/gh-client has no key \"tls.key\"",
+            ),
+            (
+                Some(&cert),
+                Some("secret-value"),
+                REASON_CLIENT_CERTIFICATE_INVALID,
+                "spec.tls.clientCertificateSecretName: the private key of Secret mcp/gh-client is not a PEM private key",
+            ),
+            (
+                Some("secret-value"),
+                Some(&key),
+                REASON_CLIENT_CERTIFICATE_INVALID,
+                "spec.tls.clientCertificateSecretName: the certificate of Secret mcp/gh-client holds no PEM certificate",
+            ),
+            (
+                Some(&cert),
+                Some(&other_key),
+                REASON_CLIENT_CERTIFICATE_INVALID,
+                "spec.tls.clientCertificateSecretName: the client certificate and key cannot be used",
+            ),
+        ];
+        for (crt, tls_key, reason, message) in cases {
+            let lookup = |r: &SecretKeyRef| {
+                let value = match r.key.as_str() {
+                    "tls.crt" => crt,
+                    "tls.key" => tls_key,
+                    _ => Some("token"),
+                };
+                value.map(str::to_owned).ok_or(SecretProblem::NoKey)
+            };
+            let spec = with_client_certificate("https://gh.example/mcp");
+            let why = upstream_of("mcp", "github", &spec, lookup).expect_err(message);
+            assert_eq!(why.reason, reason, "{why}");
+            assert!(why.message.contains(message), "{why}");
+            assert!(!why.message.contains("secret-value"), "{why}");
+            assert!(!why.message.contains("PRIVATE KEY-----\n"), "{why}");
+        }
+        // tls naming neither a CA nor a client certificate.
+        let mut spec = with_client_certificate("https://gh.example/mcp");
+        if let Some(tls) = &mut spec.tls {
+            tls.client_certificate_secret_name = None;
+        }
+        let why = upstream_of("mcp", "github", &spec, |_| Ok("token".into())).expect_err("neither");
+        assert_eq!(why.reason, REASON_INVALID_SPEC, "{why}");
     }
 
     #[test]

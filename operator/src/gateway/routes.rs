@@ -22,6 +22,13 @@ pub const REASON_CA_MISSING: &str = "CAMissing";
 pub const REASON_CA_INVALID: &str = "CAInvalid";
 /// The gateway could not read the CA Secret.
 pub const REASON_CA_UNREADABLE: &str = "CAUnreadable";
+/// The client certificate Secret (`spec.tls.clientCertificateSecretName`) or one of its keys
+/// (`tls.crt`, `tls.key`) is missing.
+pub const REASON_CLIENT_CERTIFICATE_MISSING: &str = "ClientCertificateMissing";
+/// The client certificate or its key cannot be used (not PEM, or not a matching pair).
+pub const REASON_CLIENT_CERTIFICATE_INVALID: &str = "ClientCertificateInvalid";
+/// The gateway could not read the client certificate Secret.
+pub const REASON_CLIENT_CERTIFICATE_UNREADABLE: &str = "ClientCertificateUnreadable";
 /// Something the API server's schema cannot check is wrong (a glob, the URL, the header).
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 

@@ -1,5 +1,6 @@
 //! TLS to `https://` upstreams: rustls (ring), verifying against the system's root certificates,
-//! or — for an upstream configured with its own CA (`tls.caFile`) — against that CA only.
+//! or — for an upstream configured with its own CA (`tls.caFile`, `tls.caSecretRef`) — against
+//! that CA only; presenting a client certificate to upstreams that require mutual TLS.
 
 use std::{path::Path, sync::Arc};
 
@@ -10,7 +11,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 /// The HTTP client the gateway forwards with (`http://` and `https://`, HTTP/1.1, keep-alive).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -31,38 +32,106 @@ pub fn client(tls: rustls::ClientConfig) -> UpstreamClient {
         )
 }
 
-fn with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, rustls::Error> {
+/// A client certificate chain and its private key, presented to upstreams that ask for one
+/// (mutual TLS).
+#[derive(Debug)]
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// The certificate chain (PEM, the client's certificate first) and private key (PEM: PKCS#8,
+    /// PKCS#1 or SEC1) named `origin` in messages. `Err` says what is wrong with them, never
+    /// their content.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<Self, String> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the certificate of {origin} is not PEM certificates: {e}"))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "the certificate of {origin} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            ));
+        }
+        // The parse error of a key names no key material.
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+            format!(
+                "the private key of {origin} is not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"
+            )
+        })?;
+        Ok(Self { chain, key })
+    }
+}
+
+/// What an upstream's TLS trusts (`ca`: PEM CA certificates named by their origin; `None`: the
+/// system's roots) and presents (`identity`: a client certificate for mutual TLS). `Err` says
+/// which part is wrong: [`TlsError::Ca`] or [`TlsError::Identity`].
+pub fn client_config(
+    ca: Option<(&[u8], &str)>,
+    identity: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = match ca {
+        Some((pem, origin)) => private_roots(pem, origin).map_err(TlsError::Ca)?,
+        None => system_root_store().clone(),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Ca(e.to_string()))?
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(ClientIdentity { chain, key }) => {
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                TlsError::Identity(format!(
+                    "the client certificate and key cannot be used: {e}"
+                ))
+            })
+        }
+    }
+}
+
+/// Which part of an upstream's TLS settings is wrong, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsError {
+    /// The CA certificates.
+    Ca(String),
+    /// The client certificate or its key.
+    Identity(String),
+}
+
+/// The system's root certificates, loaded once.
+fn system_root_store() -> &'static rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            tracing::debug!(error = %e, "a system root certificate could not be loaded");
+        }
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            tracing::warn!(
+                "no system root certificates found: https:// upstreams cannot be verified"
+            );
+        }
+        roots
+    })
 }
 
 /// Verify against the system's root certificates. Without any, `https://` upstreams fail their
 /// handshake (answered 502, audited) while `http://` ones keep working.
 pub fn system_roots() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "a system root certificate could not be loaded");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        tracing::warn!("no system root certificates found: https:// upstreams cannot be verified");
-    }
-    with_roots(roots).unwrap_or_else(|e| {
+    client_config(None, None).unwrap_or_else(|e| {
         // ring supports the safe default versions; this is unreachable in practice.
-        tracing::error!(error = %e, "TLS to upstreams unavailable");
+        tracing::error!(error = ?e, "TLS to upstreams unavailable");
         rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth()
     })
 }
 
-/// Verify against the CA certificates (PEM) of `pem` only — a private CA, pinned for one
-/// upstream. `Err` says what is wrong with them.
-pub fn private_ca(pem: &[u8], origin: &str) -> Result<rustls::ClientConfig, String> {
+fn private_roots(pem: &[u8], origin: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let mut found = 0;
     for cert in CertificateDer::pem_slice_iter(pem) {
@@ -77,11 +146,18 @@ pub fn private_ca(pem: &[u8], origin: &str) -> Result<rustls::ClientConfig, Stri
             "{origin} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         ));
     }
-    with_roots(roots).map_err(|e| e.to_string())
+    Ok(roots)
 }
 
-/// [`private_ca`] from a file.
-pub fn private_ca_file(path: &Path) -> Result<rustls::ClientConfig, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    private_ca(&pem, &path.display().to_string())
+/// Verify against the CA certificates (PEM) of `pem` only — a private CA, pinned for one
+/// upstream. `Err` says what is wrong with them.
+pub fn private_ca(pem: &[u8], origin: &str) -> Result<rustls::ClientConfig, String> {
+    client_config(Some((pem, origin)), None).map_err(|e| match e {
+        TlsError::Ca(m) | TlsError::Identity(m) => m,
+    })
+}
+
+/// Read a file for the TLS settings of an upstream.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }

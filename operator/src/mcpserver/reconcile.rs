@@ -55,15 +55,16 @@ pub async fn check_at(server: &MCPServer, ctx: &Context, now: Timestamp) -> Resu
         .name
         .clone()
         .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    // Read the Secrets it references (credential, CA; each once) and keep only the verdict:
+    // Read the Secrets it references (credential, CA, client certificate; each once) and keep only the verdict:
     // the values and the rest of the Secrets are dropped at the end of this block.
     let verdict = {
         let api = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-        let mut secrets: BTreeMap<&str, Option<Secret>> = BTreeMap::new();
+        let mut secrets: BTreeMap<String, Option<Secret>> = BTreeMap::new();
         for reference in secret_refs(&server.spec) {
-            if !secrets.contains_key(reference.name.as_str()) {
-                let secret = api.get_opt(&reference.name).await?;
-                secrets.insert(&reference.name, secret);
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                secrets.entry(reference.name.clone())
+            {
+                entry.insert(api.get_opt(&reference.name).await?);
             }
         }
         upstream_of(&namespace, &name, &server.spec, |reference| {
@@ -110,8 +111,8 @@ pub fn desired_status(
             ConditionStatus::True,
             REASON_ACCEPTED,
             format!(
-                "URL, agents, credential and CA are valid: gateways watching this namespace \
-                 serve it at /mcp/{name}"
+                "URL, agents, credential and TLS settings are valid: gateways watching this \
+                 namespace serve it at /mcp/{name}"
             ),
         ),
         Err(why) => DesiredCondition::new(

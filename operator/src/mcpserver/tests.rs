@@ -21,7 +21,9 @@ use super::reconcile::{NOT_READY_RECHECK, READY_RECHECK, check_at, desired_statu
 use crate::{
     controller::{
         Context, Diagnostics, EventRecorder,
-        test_support::{ApiServerVerifier, ExpectedRequest, ca_pem, timeout_after_1s},
+        test_support::{
+            ApiServerVerifier, ExpectedRequest, ca_pem, client_certificate, timeout_after_1s,
+        },
     },
     health::Readiness,
     leader::LeaderState,
@@ -98,7 +100,7 @@ fn ready(status: &str, reason: &str, message: &str) -> Value {
            "observedGeneration": 3, "lastTransitionTime": "2030-01-01T00:00:00Z"})
 }
 
-const ACCEPTED: &str = "URL, agents, credential and CA are valid: gateways watching this namespace serve it at /mcp/github";
+const ACCEPTED: &str = "URL, agents, credential and TLS settings are valid: gateways watching this namespace serve it at /mcp/github";
 
 fn status_patch(condition: Value) -> ExpectedRequest {
     ExpectedRequest::apply(
@@ -269,10 +271,11 @@ fn tls_server(ca_secret: &str) -> MCPServer {
     let mut s = server(true);
     s.spec.url = "https://github-mcp.mcp-servers.svc:8443/mcp".into();
     s.spec.tls = Some(MCPServerTLS {
-        ca_secret_ref: SecretKeyRef {
+        ca_secret_ref: Some(SecretKeyRef {
             name: ca_secret.into(),
             key: "ca.crt".into(),
-        },
+        }),
+        client_certificate_secret_name: None,
     });
     s
 }
@@ -373,4 +376,31 @@ async fn a_missing_or_unusable_ca_is_named_with_its_own_reason() {
         drop(ctx);
         timeout_after_1s(scenario).await;
     }
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_read_from_its_tls_secret_once() {
+    let (cert, key) = client_certificate();
+    let mut server = tls_server("github-ca");
+    if let Some(tls) = &mut server.spec.tls {
+        tls.ca_secret_ref = None;
+        tls.client_certificate_secret_name = Some("github-client".into());
+    }
+    let (client, verifier) = ApiServerVerifier::new();
+    let scenario = verifier.run(vec![
+        ExpectedRequest::get(SECRET_PATH).respond(200, secret("token")),
+        ExpectedRequest::get("/api/v1/namespaces/tools/secrets/github-client").respond(
+            200,
+            secret_named(
+                "github-client",
+                &[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())],
+            ),
+        ),
+        status_patch(ready("True", "Accepted", ACCEPTED)),
+        event("Normal", "Accepted", &format!("Ready=True: {ACCEPTED}")),
+    ]);
+    let ctx = context(client, true);
+    check_at(&server, &ctx, now()).await.expect("checked");
+    drop(ctx);
+    timeout_after_1s(scenario).await;
 }

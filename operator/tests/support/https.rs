@@ -47,11 +47,23 @@ pub struct Served {
     pub addr: SocketAddr,
     /// TLS handshakes completed so far (connections made).
     pub handshakes: Arc<AtomicUsize>,
+    /// With [`serve_mutual`]: the client certificate (PEM) the server accepts, and its key.
+    pub client: Option<(String, String)>,
 }
 
 /// Serve `app` over HTTPS on 127.0.0.1 with a certificate for `127.0.0.1` signed by a new
 /// private CA.
 pub async fn serve(app: Router) -> Served {
+    start(app, false).await
+}
+
+/// [`serve`], requiring a client certificate signed by another new CA (mutual TLS); a
+/// certificate it accepts and its key are in [`Served::client`].
+pub async fn serve_mutual(app: Router) -> Served {
+    start(app, true).await
+}
+
+async fn start(app: Router, mutual: bool) -> Served {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -65,17 +77,41 @@ pub async fn serve(app: Router) -> Served {
         .expect("server params")
         .signed_by(&leaf_key, &issuer)
         .expect("server certificate");
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-    )
-    .expect("server TLS");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let (builder, client) = if mutual {
+        // A client CA of its own, and a client certificate it signed.
+        let client_ca_key = rcgen::KeyPair::generate().expect("client CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let client_ca = params.self_signed(&client_ca_key).expect("client CA");
+        let client_issuer = rcgen::Issuer::new(params, client_ca_key);
+        let client_key = rcgen::KeyPair::generate().expect("client key");
+        let client_cert = rcgen::CertificateParams::new(vec!["overseer-gateway".to_owned()])
+            .expect("client params")
+            .signed_by(&client_key, &client_issuer)
+            .expect("client certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(client_ca.der().clone()).expect("client CA root");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+        (
+            builder.with_client_cert_verifier(verifier),
+            Some((client_cert.pem(), client_key.serialize_pem())),
+        )
+    } else {
+        (builder.with_no_client_auth(), None)
+    };
+    let server = builder
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("server TLS");
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -93,5 +129,6 @@ pub async fn serve(app: Router) -> Served {
         ca_pem: ca_cert.pem(),
         addr,
         handshakes,
+        client,
     }
 }
