@@ -517,36 +517,3 @@ fn resume_finds_the_last_record_even_when_it_is_larger_than_the_read_chunk() {
         3
     );
 }
-
-/// The writer thread runs `SCHED_BATCH` (its wake-ups do not preempt request threads), at the
-/// default niceness. Read from `/proc/self/task/*/stat`: field 19 is the niceness, 41 the policy.
-#[cfg(target_os = "linux")]
-#[test]
-fn the_writer_thread_is_scheduled_batch_at_default_niceness() {
-    const SCHED_BATCH: &str = "3";
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = file_log(&dir.path().join("audit.jsonl"), 16);
-    // Once a flush is answered the writer has named and scheduled itself.
-    log.append(event(1)).expect("append");
-    log.flush().expect("flush");
-    let mut writers = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let task = task.expect("task entry").path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.trim() != "audit-writer" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.join("stat")).expect("stat");
-        // The command name (field 2) is parenthesized; count the fields after it.
-        let after = &stat[stat.rfind(')').expect("comm in stat") + 2..];
-        let fields: Vec<&str> = after.split(' ').collect();
-        writers.push((fields[19 - 3].to_owned(), fields[41 - 3].to_owned()));
-    }
-    log.shutdown().expect("shutdown");
-    // Other tests of this binary may run their own writers at the same time: all are batch.
-    assert!(!writers.is_empty(), "no audit-writer thread found");
-    for (nice, policy) in writers {
-        assert_eq!(policy, SCHED_BATCH, "the writer's scheduling policy");
-        assert_eq!(nice, "0", "the writer's niceness");
-    }
-}
