@@ -149,14 +149,6 @@ fn private_roots(pem: &[u8], origin: &str) -> Result<rustls::RootCertStore, Stri
     Ok(roots)
 }
 
-/// Verify against the CA certificates (PEM) of `pem` only — a private CA, pinned for one
-/// upstream. `Err` says what is wrong with them.
-pub fn private_ca(pem: &[u8], origin: &str) -> Result<rustls::ClientConfig, String> {
-    client_config(Some((pem, origin)), None).map_err(|e| match e {
-        TlsError::Ca(m) | TlsError::Identity(m) => m,
-    })
-}
-
 /// Read a file for the TLS settings of an upstream.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
