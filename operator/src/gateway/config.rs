@@ -89,19 +89,16 @@ pub struct TlsConfig {
 impl TlsConfig {
     /// The client configuration these files describe; `Err` says which file is wrong and how.
     fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        let read = |path: &PathBuf, field: &str| {
+            super::tls::read_file(path).map_err(|e| format!("tls.{field}: {e}"))
+        };
         let identity = match (&self.cert_file, &self.key_file) {
             (None, None) => None,
-            (Some(cert), Some(key)) => {
-                let cert_pem =
-                    super::tls::read_file(cert).map_err(|e| format!("tls.certFile: {e}"))?;
-                let key_pem =
-                    super::tls::read_file(key).map_err(|e| format!("tls.keyFile: {e}"))?;
-                let origin = format!("tls.certFile/keyFile ({})", cert.display());
-                Some(
-                    super::tls::ClientIdentity::from_pem(&cert_pem, &key_pem, &origin)
-                        .map_err(|e| format!("tls.certFile/keyFile: {e}"))?,
-                )
-            }
+            (Some(cert), Some(key)) => Some((
+                read(cert, "certFile")?,
+                read(key, "keyFile")?,
+                format!("tls.certFile/keyFile ({})", cert.display()),
+            )),
             (Some(_), None) => {
                 return Err("tls.certFile needs tls.keyFile (its private key)".into());
             }
@@ -109,24 +106,25 @@ impl TlsConfig {
                 return Err("tls.keyFile needs tls.certFile (its certificate)".into());
             }
         };
-        if self.ca_file.is_none() && identity.is_none() {
-            return Err(
-                "tls needs caFile (a private CA) and/or certFile with keyFile (a client certificate)"
-                    .into(),
-            );
-        }
         let ca = match &self.ca_file {
+            None if identity.is_none() => {
+                return Err(
+                    "tls needs caFile (a private CA) and/or certFile with keyFile (a \
+                            client certificate)"
+                        .into(),
+                );
+            }
             None => None,
-            Some(path) => Some((
-                super::tls::read_file(path).map_err(|e| format!("tls.caFile: {e}"))?,
-                path.display().to_string(),
-            )),
+            Some(path) => Some((read(path, "caFile")?, path.display().to_string())),
         };
-        super::tls::client_config(
-            ca.as_ref()
+        super::tls::client_config(super::tls::TlsMaterial {
+            ca: ca
+                .as_ref()
                 .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
-            identity,
-        )
+            identity: identity
+                .as_ref()
+                .map(|(cert, key, origin)| (cert.as_slice(), key.as_slice(), origin.as_str())),
+        })
         .map_err(|e| match e {
             super::tls::TlsError::Ca(m) => format!("tls.caFile: {m}"),
             super::tls::TlsError::Identity(m) => format!("tls.certFile/keyFile: {m}"),

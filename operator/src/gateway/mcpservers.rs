@@ -8,11 +8,12 @@
 //!   how a file upstream is moved to the cluster without a restart.
 //! * An object that cannot be served (credential Secret or key missing, a value that is no
 //!   header, a bad glob) stays in the table as [`Route::Unavailable`], so agents are told why.
-//! * The credential and the CA (`spec.tls.caSecretRef`) are read from their Secrets by name
-//!   (`get`, never `list` or `watch`): when an object is new or changed, and every refresh period
-//!   for all of them (rotation, a Secret created after its object). A Secret that cannot be read
-//!   for a passing reason (API server unreachable) keeps the value last read. Values are never
-//!   logged. Each distinct CA gets one HTTPS client, kept across refreshes with its connections.
+//! * The credential, the CA (`spec.tls.caSecretRef`) and the client certificate
+//!   (`spec.tls.clientCertificateSecretName`) are read from their Secrets by name (`get`, never
+//!   `list` or `watch`): when an object is new or changed, and every refresh period for all of
+//!   them (rotation, a Secret created after its object). A Secret that cannot be read for a
+//!   passing reason (API server unreachable) keeps the value last read. Values are never logged.
+//!   Each distinct TLS setting gets one HTTPS client, kept across refreshes with its connections.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -45,7 +46,7 @@ use super::{
         REASON_CLIENT_CERTIFICATE_UNREADABLE, REASON_CREDENTIAL_INVALID, REASON_CREDENTIAL_MISSING,
         REASON_CREDENTIAL_UNREADABLE, REASON_INVALID_SPEC, Route, RouteTable, Routes, Unavailable,
     },
-    tls::{ClientIdentity, TlsError, UpstreamClient},
+    tls::{TlsError, TlsMaterial, UpstreamClient},
 };
 
 /// The key of a `kubernetes.io/tls` Secret holding the certificate chain.
@@ -179,7 +180,7 @@ impl SecretProblem {
 /// The upstream `name` (an `MCPServer` of `namespace`) stands for, or why it cannot be served.
 /// `secret` reads a referenced Secret key's value (see [`secret_value`]); it is only called
 /// once everything else is valid. An `https://` server with `spec.tls` gets a client of its
-/// own, trusting only that CA.
+/// own, trusting only its CA (if given) and presenting its client certificate (if given).
 pub fn upstream_of(
     namespace: &str,
     name: &str,
@@ -269,34 +270,40 @@ fn tls_client(
         Some(name) => {
             let [cert, key] = client_certificate_refs(name);
             let used = SecretUse::ClientCertificate;
-            let cert_pem = secret(&cert).map_err(|p| p.explain(namespace, &cert, used))?;
-            let key_pem = secret(&key).map_err(|p| p.explain(namespace, &key, used))?;
-            let origin = format!("Secret {namespace}/{name}");
-            Some(
-                ClientIdentity::from_pem(cert_pem.as_bytes(), key_pem.as_bytes(), &origin)
-                    .map_err(|e| {
-                        Unavailable::new(
-                            REASON_CLIENT_CERTIFICATE_INVALID,
-                            format!("spec.tls.clientCertificateSecretName: {e}"),
-                        )
-                    })?,
-            )
+            Some((
+                secret(&cert).map_err(|p| p.explain(namespace, &cert, used))?,
+                secret(&key).map_err(|p| p.explain(namespace, &key, used))?,
+                format!("Secret {namespace}/{name}"),
+            ))
         }
     };
-    let ca = ca
-        .as_ref()
-        .map(|(pem, origin)| (pem.as_bytes(), origin.as_str()));
-    super::tls::client_config(ca, identity)
-        .map(super::tls::client)
-        .map_err(|e| match e {
-            TlsError::Ca(m) => {
-                Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {m}"))
-            }
-            TlsError::Identity(m) => Unavailable::new(
-                REASON_CLIENT_CERTIFICATE_INVALID,
-                format!("spec.tls.clientCertificateSecretName: {m}"),
-            ),
-        })
+    super::tls::client_config(TlsMaterial {
+        ca: ca
+            .as_ref()
+            .map(|(pem, origin)| (pem.as_bytes(), origin.as_str())),
+        identity: identity
+            .as_ref()
+            .map(|(cert, key, origin)| (cert.as_bytes(), key.as_bytes(), origin.as_str())),
+    })
+    .map(super::tls::client)
+    .map_err(|e| match e {
+        TlsError::Ca(m) => {
+            Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {m}"))
+        }
+        TlsError::Identity(m) => Unavailable::new(
+            REASON_CLIENT_CERTIFICATE_INVALID,
+            format!("spec.tls.clientCertificateSecretName: {m}"),
+        ),
+    })
+}
+
+/// The Secret keys `tls` references: its CA's, then its client certificate's.
+fn tls_refs(tls: &MCPServerTLS) -> Vec<SecretKeyRef> {
+    let mut refs: Vec<SecretKeyRef> = tls.ca_secret_ref.iter().cloned().collect();
+    if let Some(name) = &tls.client_certificate_secret_name {
+        refs.extend(client_certificate_refs(name));
+    }
+    refs
 }
 
 /// The keys of the `kubernetes.io/tls` Secret `name`: the certificate chain, the private key.
@@ -345,12 +352,7 @@ pub fn secret_refs(spec: &MCPServerSpec) -> Vec<SecretKeyRef> {
         .iter()
         .map(|c| c.secret_ref.clone())
         .collect();
-    if let Some(tls) = &spec.tls {
-        refs.extend(tls.ca_secret_ref.clone());
-        if let Some(name) = &tls.client_certificate_secret_name {
-            refs.extend(client_certificate_refs(name));
-        }
-    }
+    refs.extend(spec.tls.iter().flat_map(tls_refs));
     refs
 }
 
@@ -362,12 +364,8 @@ fn tls_fingerprint(
 ) -> Option<String> {
     use sha2::Digest as _;
     let tls = spec.tls.as_ref()?;
-    let mut refs: Vec<SecretKeyRef> = tls.ca_secret_ref.iter().cloned().collect();
-    if let Some(name) = &tls.client_certificate_secret_name {
-        refs.extend(client_certificate_refs(name));
-    }
     let mut digest = sha2::Sha256::new();
-    for reference in refs {
+    for reference in tls_refs(tls) {
         // Which reference a value belongs to is part of the digest: a CA is not a certificate.
         digest.update(format!("{}/{}\0", reference.name, reference.key));
         digest.update(lookup(&reference).unwrap_or_default());
@@ -376,7 +374,7 @@ fn tls_fingerprint(
     Some(hex::encode(digest.finalize()))
 }
 
-/// One Secret key's value as last read (a credential or a CA), or why there is none.
+/// One Secret key's value as last read (a credential or TLS material), or why there is none.
 #[derive(Clone)]
 struct Cached(Result<String, SecretProblem>);
 
@@ -399,7 +397,7 @@ pub struct McpServerWatch {
     file: HashMap<String, Arc<Upstream>>,
     table: RouteTable,
     refresh: Duration,
-    /// `(Secret, key)` → the value (or why there is none): credentials and CAs.
+    /// `(Secret, key)` → the value (or why there is none): credentials and TLS material.
     values: HashMap<(String, String), Cached>,
     /// One client per distinct TLS setting (a digest of its CA and client certificate), kept
     /// across syncs so that their connections are too.
@@ -468,7 +466,7 @@ impl McpServerWatch {
     }
 
     /// Rebuild the table from `servers` (every `MCPServer` of the namespace), reading the
-    /// Secrets (credentials, CAs) of new and changed objects, and of all of them when
+    /// Secrets (credentials, TLS material) of new and changed objects, and of all of them when
     /// `refresh_all`.
     pub async fn sync(&mut self, servers: &[Arc<MCPServer>], refresh_all: bool) {
         // Which Secret keys are wanted, and which Secrets to read now.
@@ -516,8 +514,8 @@ impl McpServerWatch {
             };
             let route = match upstream_of(&self.namespace, &name, &server.spec, lookup) {
                 Ok(mut upstream) => {
-                    // The client made for this CA before, if there was one: its connections
-                    // survive the sync.
+                    // The client made before for the same TLS material, if there was one: its
+                    // connections survive the sync.
                     if let (Some(fingerprint), Some(fresh)) = (
                         tls_fingerprint(&server.spec, lookup),
                         upstream.client.take(),
@@ -543,7 +541,7 @@ impl McpServerWatch {
             log_change(previous.get(&name), &route, &name, &self.namespace);
             routes.insert(name, route);
         }
-        // Clients of CAs no longer used are dropped.
+        // Clients of TLS material no longer used are dropped.
         self.clients = clients;
         for name in previous.keys().filter(|n| !routes.contains_key(*n)) {
             info!(server = %name, namespace = %self.namespace, "MCP server removed: no longer served");

@@ -34,8 +34,7 @@ pub fn client(tls: rustls::ClientConfig) -> UpstreamClient {
 
 /// A client certificate chain and its private key, presented to upstreams that ask for one
 /// (mutual TLS).
-#[derive(Debug)]
-pub struct ClientIdentity {
+struct ClientIdentity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -44,7 +43,7 @@ impl ClientIdentity {
     /// The certificate chain (PEM, the client's certificate first) and private key (PEM: PKCS#8,
     /// PKCS#1 or SEC1) named `origin` in messages. `Err` says what is wrong with them, never
     /// their content.
-    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<Self, String> {
+    fn from_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<Self, String> {
         let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("the certificate of {origin} is not PEM certificates: {e}"))?;
@@ -63,17 +62,27 @@ impl ClientIdentity {
     }
 }
 
-/// What an upstream's TLS trusts (`ca`: PEM CA certificates named by their origin; `None`: the
-/// system's roots) and presents (`identity`: a client certificate for mutual TLS). `Err` says
-/// which part is wrong: [`TlsError::Ca`] or [`TlsError::Identity`].
-pub fn client_config(
-    ca: Option<(&[u8], &str)>,
-    identity: Option<ClientIdentity>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = match ca {
+/// The PEM TLS material of one upstream, each part named by where it came from (for messages).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsMaterial<'a> {
+    /// The CA certificates it is verified against, and their origin; `None`: the system's roots.
+    pub ca: Option<(&'a [u8], &'a str)>,
+    /// The client certificate chain and private key it is given (mutual TLS), and their origin.
+    pub identity: Option<(&'a [u8], &'a [u8], &'a str)>,
+}
+
+/// The client configuration `material` describes. `Err` says which part is wrong:
+/// [`TlsError::Ca`] or [`TlsError::Identity`], and how — never with key material.
+pub fn client_config(material: TlsMaterial<'_>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = match material.ca {
         Some((pem, origin)) => private_roots(pem, origin).map_err(TlsError::Ca)?,
         None => system_root_store().clone(),
     };
+    let identity = material
+        .identity
+        .map(|(cert, key, origin)| ClientIdentity::from_pem(cert, key, origin))
+        .transpose()
+        .map_err(TlsError::Identity)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -122,7 +131,7 @@ fn system_root_store() -> &'static rustls::RootCertStore {
 /// Verify against the system's root certificates. Without any, `https://` upstreams fail their
 /// handshake (answered 502, audited) while `http://` ones keep working.
 pub fn system_roots() -> rustls::ClientConfig {
-    client_config(None, None).unwrap_or_else(|e| {
+    client_config(TlsMaterial::default()).unwrap_or_else(|e| {
         // ring supports the safe default versions; this is unreachable in practice.
         tracing::error!(error = ?e, "TLS to upstreams unavailable");
         rustls::ClientConfig::builder()

@@ -55,8 +55,9 @@ pub async fn check_at(server: &MCPServer, ctx: &Context, now: Timestamp) -> Resu
         .name
         .clone()
         .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    // Read the Secrets it references (credential, CA, client certificate; each once) and keep only the verdict:
-    // the values and the rest of the Secrets are dropped at the end of this block.
+    // Read the Secrets it references (credential, CA, client certificate; each once) and keep
+    // only the verdict: the values and the rest of the Secrets are dropped at the end of this
+    // block.
     let verdict = {
         let api = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
         let mut secrets: BTreeMap<String, Option<Secret>> = BTreeMap::new();

@@ -63,36 +63,42 @@ pub async fn serve_mutual(app: Router) -> Served {
     start(app, true).await
 }
 
-async fn start(app: Router, mutual: bool) -> Served {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
+/// A new CA named `name`: its certificate, and the issuer that signs with it.
+fn new_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().expect("CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "overseer test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().expect("server key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("server certificate");
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("CA certificate");
+    (cert, rcgen::Issuer::new(params, key))
+}
+
+/// A certificate for `subject` (a DNS name or an IP address) signed by `issuer`, and its key.
+fn issue(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    subject: &str,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![subject.to_owned()])
+        .expect("params")
+        .signed_by(&key, issuer)
+        .expect("certificate");
+    (cert, key)
+}
+
+async fn start(app: Router, mutual: bool) -> Served {
+    let (ca_cert, issuer) = new_ca("overseer test CA");
+    let (leaf, leaf_key) = issue(&issuer, "127.0.0.1");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .expect("versions");
     let (builder, client) = if mutual {
         // A client CA of its own, and a client certificate it signed.
-        let client_ca_key = rcgen::KeyPair::generate().expect("client CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let client_ca = params.self_signed(&client_ca_key).expect("client CA");
-        let client_issuer = rcgen::Issuer::new(params, client_ca_key);
-        let client_key = rcgen::KeyPair::generate().expect("client key");
-        let client_cert = rcgen::CertificateParams::new(vec!["overseer-gateway".to_owned()])
-            .expect("client params")
-            .signed_by(&client_key, &client_issuer)
-            .expect("client certificate");
+        let (client_ca, client_issuer) = new_ca("overseer test client CA");
+        let (client_cert, client_key) = issue(&client_issuer, "overseer-gateway");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(client_ca.der().clone()).expect("client CA root");
         let verifier =
