@@ -8,8 +8,10 @@
 # in-process (one Allow rule; the audit log on, hash-chained to a file), both on CPU 0 (so a call
 # crosses between the CPUs twice whether it goes to the upstream directly or through the gateway),
 # then measures tools/call with SESSIONS sessions from the load generator on CPU 1, each once
-# against the upstream directly and once through the gateway. UPSTREAM_CPU, GATEWAY_CPU and
-# LOADGEN_CPU override the placement; OVERSEER another overseer binary (to compare two builds).
+# against the upstream directly, once through `gateway-loadgen proxy` (a bare proxy hop on the
+# gateway's CPU with the gateway's HTTP stack and nothing else: the floor of a hop on this host)
+# and once through the gateway. UPSTREAM_CPU, GATEWAY_CPU and LOADGEN_CPU override the
+# placement; OVERSEER another overseer binary (to compare two builds).
 #   1. open loop at RATE calls/s in all (default 2000): latency at that load, each call timed
 #      from when it was due — the difference of the percentiles is what the gateway adds;
 #   2. closed loop (every session back to back): throughput.
@@ -70,13 +72,18 @@ RUST_LOG=warn taskset -c "$gateway_cpu" "$overseer" gateway --config "$work/gate
   --state-file "$work/limits.json" &
 gateway=$!
 pids+=($gateway)
+taskset -c "$gateway_cpu" "$bin/gateway-loadgen" proxy --listen 127.0.0.1:3301 \
+  --upstream http://127.0.0.1:3300/mcp &
+pids+=($!)
 wait_port 3300
+wait_port 3301
 wait_port 8090
 
 direct=(--url http://127.0.0.1:3300/mcp)
+bare_proxy=(--url http://127.0.0.1:3301/mcp)
 through=(--url http://127.0.0.1:8090/mcp/bench --api-key bench-agent-key-0123456789)
 for mode in "--rate $rate" ""; do
-  for target in direct through; do
+  for target in direct bare_proxy through; do
     declare -n args=$target
     echo "$target ${mode:-closed loop}:"
     # shellcheck disable=SC2086

@@ -9,6 +9,12 @@
 //!   from when it was due) — and prints latency percentiles (nearest rank) and throughput as one
 //!   JSON line. Every answer is checked: an error or a non-result fails the run.
 //!
+//! * `gateway-loadgen proxy --listen ADDR --upstream URL` serves a bare reverse proxy at
+//!   `/mcp`: every request is forwarded to URL with the gateway's HTTP stack (axum's server,
+//!   hyper-util's pooled client, `TCP_NODELAY`), and nothing else — no authentication, no
+//!   JSON-RPC parsing, no decision, no audit. What it adds is the floor any HTTP proxy hop built
+//!   this way costs on the host, to tell the gateway's own work from the hop's.
+//!
 //! Run `load` once against the upstream directly and once through the gateway; the difference of
 //! the percentiles is what the gateway adds. It only connects to the URL it is given; use loopback.
 
@@ -26,14 +32,17 @@ use anyhow::{Context as _, bail};
 use axum::{
     Router,
     body::Bytes,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{any, post},
 };
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -53,6 +62,16 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:3300")]
         listen: SocketAddr,
+    },
+    /// Serve a bare reverse proxy at http://ADDR/mcp forwarding every request to UPSTREAM (no
+    /// authentication, no decision, no audit): the floor of a proxy hop.
+    Proxy {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3301")]
+        listen: SocketAddr,
+        /// Where every request goes.
+        #[arg(long, default_value = "http://127.0.0.1:3300/mcp")]
+        upstream: hyper::Uri,
     },
     /// Measure tools/call latency against an MCP endpoint.
     Load {
@@ -97,6 +116,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Cmd::Upstream { listen } => upstream(listen).await,
+            Cmd::Proxy { listen, upstream } => bare_proxy(listen, upstream).await,
             Cmd::Load {
                 url,
                 api_key,
@@ -179,6 +199,55 @@ async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, Router::new().route("/mcp", post(mcp))).await?;
+    Ok(())
+}
+
+/// Request headers the bare proxy passes on (those the gateway passes that the load sends).
+const RELAYED: &[&str] = &[
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+];
+
+async fn bare_proxy(listen: SocketAddr, upstream: hyper::Uri) -> anyhow::Result<()> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let relay = move |method: Method, headers: HeaderMap, body: Bytes| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let mut request = hyper::Request::builder().method(method).uri(upstream);
+            if let Some(h) = request.headers_mut() {
+                for name in RELAYED {
+                    for value in headers.get_all(*name) {
+                        h.append(header::HeaderName::from_static(name), value.clone());
+                    }
+                }
+            }
+            let request = match request.body(Full::new(body)) {
+                Ok(r) => r,
+                Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+            };
+            match client.request(request).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    Response::from_parts(parts, axum::body::Body::new(body))
+                }
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("bare proxy on http://{listen}/mcp");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, Router::new().route("/mcp", any(relay))).await?;
     Ok(())
 }
 
