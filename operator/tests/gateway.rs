@@ -31,6 +31,7 @@ use operator::{
         jsonrpc,
         metrics::GatewayMetrics,
         proxy::{Gateway, router},
+        tls::ClientCache,
     },
 };
 use overseer_policy::compile::compile;
@@ -223,7 +224,10 @@ upstreams:
     ))
     .expect("config");
     let upstreams = config
-        .resolve(|v| (v == "FAKE_TOKEN").then(|| "upstream-secret".to_owned()))
+        .resolve(
+            |v| (v == "FAKE_TOKEN").then(|| "upstream-secret".to_owned()),
+            &mut ClientCache::default(),
+        )
         .expect("resolve");
     let gateway = Gateway::new(
         decider(engine.clone(), audit.clone()),
@@ -923,7 +927,9 @@ fn tls_gateway(config: &GatewayConfig, dir: &std::path::Path) -> Router {
     let gateway = Gateway::new(
         Arc::new(LocalDecider::new(engine(), audit)),
         Authenticator::from_yaml(KEYS).expect("keys"),
-        config.resolve(|_| None).expect("resolve"),
+        config
+            .resolve(|_| None, &mut ClientCache::default())
+            .expect("resolve"),
         Some("default".into()),
     );
     router(Arc::new(gateway))
@@ -1009,7 +1015,7 @@ upstreams:
             "upstreams:\n  - name: bad\n    url: {url}\n    tls: {tls}\n"
         ))
         .expect("parses")
-        .resolve(|_| None)
+        .resolve(|_| None, &mut ClientCache::default())
         .expect_err("refused");
         assert!(
             err.contains(want) && err.contains("upstreams[0] (bad)"),
@@ -1104,7 +1110,7 @@ upstreams:
             "upstreams:\n  - name: bad\n    url: https://{addr}/mcp\n    tls: {tls}\n"
         ))
         .expect("parses")
-        .resolve(|_| None)
+        .resolve(|_| None, &mut ClientCache::default())
         .expect_err("refused");
         assert!(
             err.contains(want) && err.contains("upstreams[0] (bad)"),

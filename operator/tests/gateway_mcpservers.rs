@@ -33,11 +33,12 @@ use axum::{
 use operator::{
     decision::{auth::Authenticator, files::parse_policies},
     gateway::{
-        config::GatewayConfig,
+        config::{GatewayConfig, Upstream},
         decider::{Decider, LocalDecider},
-        mcpservers::McpServerWatch,
+        mcpservers::{FileUpstreams, McpServerWatch},
         proxy::{Gateway, router},
         routes::{Route, RouteTable},
+        tls::ClientCache,
     },
 };
 use overseer_policy::compile::compile;
@@ -419,6 +420,8 @@ struct Fixture {
     audit: Arc<AuditLog>,
     audit_path: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
+    /// Publishes a reloaded configuration file's upstreams to the watch.
+    file_updates: tokio::sync::watch::Sender<FileUpstreams>,
     _dir: tempfile::TempDir,
 }
 
@@ -442,15 +445,14 @@ async fn fixture(api: FakeApi, file_yaml: Option<&str>) -> Fixture {
         .expect("audit"),
     );
     let file = match file_yaml {
-        Some(yaml) => GatewayConfig::from_yaml(yaml)
-            .expect("config")
-            .resolve(|_| None)
-            .expect("resolve"),
+        Some(yaml) => file_upstreams(yaml),
         None => HashMap::new(),
     };
     let table = RouteTable::default();
+    let (file_updates, updates) = tokio::sync::watch::channel(FileUpstreams::default());
     let watch = McpServerWatch::new(client, NS, file, table.clone())
-        .with_refresh(Duration::from_millis(200));
+        .with_refresh(Duration::from_millis(200))
+        .with_file_updates(updates);
     watch.check().await.expect("MCPServers can be listed");
     let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -480,8 +482,17 @@ async fn fixture(api: FakeApi, file_yaml: Option<&str>) -> Fixture {
         audit,
         audit_path,
         stop,
+        file_updates,
         _dir: dir,
     }
+}
+
+/// The upstreams of a configuration file.
+fn file_upstreams(yaml: &str) -> HashMap<String, Upstream> {
+    GatewayConfig::from_yaml(yaml)
+        .expect("config")
+        .resolve(|_| None, &mut ClientCache::default())
+        .expect("resolve")
 }
 
 struct Answer {
@@ -790,6 +801,51 @@ async fn an_mcpserver_replaces_the_file_upstream_of_the_same_name() {
     })
     .await;
     assert_eq!(call(&f, "docs", BOT_A).await.text(), "file");
+    let _ = f.stop.send(());
+}
+
+#[tokio::test]
+async fn a_reloaded_configuration_file_is_merged_with_the_objects() {
+    let (first, _) = mcp_server("file-1").await;
+    let (second, _) = mcp_server("file-2").await;
+    let (from_object, _) = mcp_server("object").await;
+    let api = FakeApi::new();
+    api.put_secret("github-token", "token", "t");
+    api.apply("github", github(&from_object, "github-token"));
+    let f = fixture(
+        api,
+        Some(&format!("upstreams:\n  - {{name: docs, url: '{first}'}}\n")),
+    )
+    .await;
+    assert_eq!(call(&f, "docs", BOT_A).await.text(), "file-1");
+    assert_eq!(call(&f, "wiki", BOT_A).await.status, StatusCode::NOT_FOUND);
+
+    // The file is reloaded: docs moves, wiki is added, and its github stays behind the object.
+    let reloaded = file_upstreams(&format!(
+        "upstreams:\n  - {{name: docs, url: '{second}'}}\n  - {{name: wiki, url: '{second}'}}\n  \
+         - {{name: github, url: '{first}'}}\n"
+    ));
+    f.file_updates
+        .send(Arc::new(
+            reloaded
+                .into_iter()
+                .map(|(name, u)| (name, Arc::new(u)))
+                .collect(),
+        ))
+        .expect("the watch listens");
+    eventually(&f, "docs", "the moved file upstream", |a| {
+        a.text() == "file-2"
+    })
+    .await;
+    assert_eq!(call(&f, "wiki", BOT_A).await.text(), "file-2");
+    assert_eq!(call(&f, "github", BOT_A).await.text(), "object");
+
+    // Without the object, the reloaded file's github is served.
+    f.api.delete("github");
+    eventually(&f, "github", "the reloaded file's upstream", |a| {
+        a.text() == "file-1"
+    })
+    .await;
     let _ = f.stop.send(());
 }
 

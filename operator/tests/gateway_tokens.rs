@@ -38,6 +38,7 @@ use operator::{
         decider::{Decider, LocalDecider, Verdict},
         jsonrpc,
         proxy::{Gateway, router},
+        tls::ClientCache,
     },
 };
 use overseer_policy::compile::compile;
@@ -332,7 +333,10 @@ upstreams:
     ))
     .expect("config");
     let upstreams = config
-        .resolve(|v| (v == "FAKE_TOKEN").then(|| "upstream-secret".to_owned()))
+        .resolve(
+            |v| (v == "FAKE_TOKEN").then(|| "upstream-secret".to_owned()),
+            &mut ClientCache::default(),
+        )
         .expect("resolve");
     let reviewer = TokenReviewer::new(
         client,

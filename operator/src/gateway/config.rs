@@ -30,6 +30,8 @@ use hyper::{
 };
 use serde::Deserialize;
 
+use super::tls::{ClientCache, TlsError, TlsMaterial, UpstreamClient};
+
 /// The configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -87,8 +89,9 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// The client configuration these files describe; `Err` says which file is wrong and how.
-    fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+    /// The client these files describe, from `clients` when the same material was read before;
+    /// `Err` says which file is wrong and how.
+    fn client(&self, clients: &mut ClientCache) -> Result<UpstreamClient, String> {
         let read = |path: &PathBuf, field: &str| {
             super::tls::read_file(path).map_err(|e| format!("tls.{field}: {e}"))
         };
@@ -117,18 +120,19 @@ impl TlsConfig {
             None => None,
             Some(path) => Some((read(path, "caFile")?, path.display().to_string())),
         };
-        super::tls::client_config(super::tls::TlsMaterial {
-            ca: ca
-                .as_ref()
-                .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
-            identity: identity
-                .as_ref()
-                .map(|(cert, key, origin)| (cert.as_slice(), key.as_slice(), origin.as_str())),
-        })
-        .map_err(|e| match e {
-            super::tls::TlsError::Ca(m) => format!("tls.caFile: {m}"),
-            super::tls::TlsError::Identity(m) => format!("tls.certFile/keyFile: {m}"),
-        })
+        clients
+            .client(TlsMaterial {
+                ca: ca
+                    .as_ref()
+                    .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
+                identity: identity
+                    .as_ref()
+                    .map(|(cert, key, origin)| (cert.as_slice(), key.as_slice(), origin.as_str())),
+            })
+            .map_err(|e| match e {
+                TlsError::Ca(m) => format!("tls.caFile: {m}"),
+                TlsError::Identity(m) => format!("tls.certFile/keyFile: {m}"),
+            })
     }
 }
 
@@ -165,7 +169,7 @@ pub struct Upstream {
     pub credential: Option<(HeaderName, HeaderValue)>,
     /// A client of its own, verifying the upstream against its own CA and/or presenting a
     /// client certificate (`tls`); `None`: the gateway's shared client (system roots).
-    pub client: Option<super::tls::UpstreamClient>,
+    pub client: Option<UpstreamClient>,
 }
 
 impl Upstream {
@@ -186,10 +190,29 @@ impl GatewayConfig {
         serde_yaml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Check every upstream and read its credential (`env` looks up environment variables).
+    /// Every file the configuration names (credentials, TLS material), in order: what a
+    /// reload reads again.
+    pub fn files(&self) -> Vec<&std::path::Path> {
+        let mut files = Vec::new();
+        for u in &self.upstreams {
+            files.extend(u.credential.iter().filter_map(|c| c.from_file.as_deref()));
+            if let Some(tls) = &u.tls {
+                files.extend(
+                    [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                        .into_iter()
+                        .filter_map(|f| f.as_deref()),
+                );
+            }
+        }
+        files
+    }
+
+    /// Check every upstream and read its credential (`env` looks up environment variables) and
+    /// TLS material (`clients` keeps the HTTPS clients made from it).
     pub fn resolve(
         &self,
         env: impl Fn(&str) -> Option<String>,
+        clients: &mut ClientCache,
     ) -> Result<HashMap<String, Upstream>, String> {
         if self.upstreams.is_empty() {
             return Err("`upstreams` is empty: configure at least one MCP server".into());
@@ -214,9 +237,7 @@ impl GatewayConfig {
                 Some(_) if uri.scheme_str() != Some("https") => {
                     return Err(format!("{at}: tls applies to https:// urls only"));
                 }
-                Some(tls) => Some(super::tls::client(
-                    tls.client_config().map_err(|e| format!("{at}: {e}"))?,
-                )),
+                Some(tls) => Some(tls.client(clients).map_err(|e| format!("{at}: {e}"))?),
             };
             let upstream = Upstream {
                 name: u.name.clone(),
@@ -377,7 +398,10 @@ upstreams:
         )
         .expect("parses");
         let ups = cfg
-            .resolve(|v| (v == "GH").then(|| "s3cret".to_owned()))
+            .resolve(
+                |v| (v == "GH").then(|| "s3cret".to_owned()),
+                &mut ClientCache::default(),
+            )
             .expect("resolves");
         let gh = &ups["github"];
         assert!(gh.admits("support-bot-1"));
@@ -433,7 +457,7 @@ upstreams:
             ),
         ] {
             let err = GatewayConfig::from_yaml(yaml)
-                .and_then(|c| c.resolve(|_| None))
+                .and_then(|c| c.resolve(|_| None, &mut ClientCache::default()))
                 .expect_err(yaml);
             assert!(err.contains(expect), "{yaml}: {err}");
         }

@@ -46,7 +46,7 @@ use super::{
         REASON_CLIENT_CERTIFICATE_UNREADABLE, REASON_CREDENTIAL_INVALID, REASON_CREDENTIAL_MISSING,
         REASON_CREDENTIAL_UNREADABLE, REASON_INVALID_SPEC, Route, RouteTable, Routes, Unavailable,
     },
-    tls::{TlsError, TlsMaterial, UpstreamClient},
+    tls::{ClientCache, TlsError, TlsMaterial, UpstreamClient},
 };
 
 /// The key of a `kubernetes.io/tls` Secret holding the certificate chain.
@@ -187,6 +187,18 @@ pub fn upstream_of(
     spec: &MCPServerSpec,
     secret: impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
 ) -> Result<Upstream, Unavailable> {
+    upstream_with_clients(namespace, name, spec, secret, &mut ClientCache::default())
+}
+
+/// [`upstream_of`], taking the client of an `https://` server with `spec.tls` from `clients`
+/// when the same TLS material was read before (its connections are kept).
+pub fn upstream_with_clients(
+    namespace: &str,
+    name: &str,
+    spec: &MCPServerSpec,
+    secret: impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
+    clients: &mut ClientCache,
+) -> Result<Upstream, Unavailable> {
     let invalid = |message: String| Unavailable::new(REASON_INVALID_SPEC, message);
     check_name(name).map_err(|e| invalid(format!("metadata.name: {e}")))?;
     let uri = parse_url(&spec.url).map_err(|e| invalid(format!("spec.url: {e}")))?;
@@ -232,7 +244,7 @@ pub fn upstream_of(
     };
     let client = match &spec.tls {
         None => None,
-        Some(tls) => Some(tls_client(namespace, tls, &secret)?),
+        Some(tls) => Some(tls_client(namespace, tls, &secret, clients)?),
     };
     Ok(Upstream {
         name: name.to_owned(),
@@ -250,6 +262,7 @@ fn tls_client(
     namespace: &str,
     tls: &MCPServerTLS,
     secret: &impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
+    clients: &mut ClientCache,
 ) -> Result<UpstreamClient, Unavailable> {
     if tls.ca_secret_ref.is_none() && tls.client_certificate_secret_name.is_none() {
         // The API server checks this too (a CEL rule).
@@ -277,24 +290,24 @@ fn tls_client(
             ))
         }
     };
-    super::tls::client_config(TlsMaterial {
-        ca: ca
-            .as_ref()
-            .map(|(pem, origin)| (pem.as_bytes(), origin.as_str())),
-        identity: identity
-            .as_ref()
-            .map(|(cert, key, origin)| (cert.as_bytes(), key.as_bytes(), origin.as_str())),
-    })
-    .map(super::tls::client)
-    .map_err(|e| match e {
-        TlsError::Ca(m) => {
-            Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {m}"))
-        }
-        TlsError::Identity(m) => Unavailable::new(
-            REASON_CLIENT_CERTIFICATE_INVALID,
-            format!("spec.tls.clientCertificateSecretName: {m}"),
-        ),
-    })
+    clients
+        .client(TlsMaterial {
+            ca: ca
+                .as_ref()
+                .map(|(pem, origin)| (pem.as_bytes(), origin.as_str())),
+            identity: identity
+                .as_ref()
+                .map(|(cert, key, origin)| (cert.as_bytes(), key.as_bytes(), origin.as_str())),
+        })
+        .map_err(|e| match e {
+            TlsError::Ca(m) => {
+                Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {m}"))
+            }
+            TlsError::Identity(m) => Unavailable::new(
+                REASON_CLIENT_CERTIFICATE_INVALID,
+                format!("spec.tls.clientCertificateSecretName: {m}"),
+            ),
+        })
 }
 
 /// The Secret keys `tls` references: its CA's, then its client certificate's.
@@ -356,24 +369,6 @@ pub fn secret_refs(spec: &MCPServerSpec) -> Vec<SecretKeyRef> {
     refs
 }
 
-/// A digest of the TLS material `spec` uses as `lookup` has it (`None` without `spec.tls`): the
-/// key under which its client is kept across syncs, without keeping another copy of a key.
-fn tls_fingerprint(
-    spec: &MCPServerSpec,
-    lookup: impl Fn(&SecretKeyRef) -> Result<String, SecretProblem>,
-) -> Option<String> {
-    use sha2::Digest as _;
-    let tls = spec.tls.as_ref()?;
-    let mut digest = sha2::Sha256::new();
-    for reference in tls_refs(tls) {
-        // Which reference a value belongs to is part of the digest: a CA is not a certificate.
-        digest.update(format!("{}/{}\0", reference.name, reference.key));
-        digest.update(lookup(&reference).unwrap_or_default());
-        digest.update([0u8]);
-    }
-    Some(hex::encode(digest.finalize()))
-}
-
 /// One Secret key's value as last read (a credential or TLS material), or why there is none.
 #[derive(Clone)]
 struct Cached(Result<String, SecretProblem>);
@@ -399,12 +394,17 @@ pub struct McpServerWatch {
     refresh: Duration,
     /// `(Secret, key)` → the value (or why there is none): credentials and TLS material.
     values: HashMap<(String, String), Cached>,
-    /// One client per distinct TLS setting (a digest of its CA and client certificate), kept
-    /// across syncs so that their connections are too.
-    clients: HashMap<String, UpstreamClient>,
+    /// One client per distinct TLS material, kept across syncs so that their connections are
+    /// too (dropped a sync after no server uses it).
+    clients: ClientCache,
     /// `resourceVersion` of every object at the last sync: a changed object's Secret is re-read.
     seen: HashMap<String, Option<String>>,
+    /// The configuration file's upstreams as reloaded ([`Self::with_file_updates`]).
+    file_updates: Option<tokio::sync::watch::Receiver<FileUpstreams>>,
 }
+
+/// The configuration file's upstreams, as published by its reloader.
+pub type FileUpstreams = Arc<HashMap<String, Arc<Upstream>>>;
 
 impl McpServerWatch {
     /// Watch the `MCPServer` objects of `namespace` through `client`, merging them with the
@@ -426,9 +426,20 @@ impl McpServerWatch {
             table,
             refresh: DEFAULT_REFRESH,
             values: HashMap::new(),
-            clients: HashMap::new(),
+            clients: ClientCache::default(),
             seen: HashMap::new(),
+            file_updates: None,
         }
+    }
+
+    /// Serve the configuration file's upstreams from `updates` from now on (its reloader's
+    /// channel), merged with the objects as before.
+    pub fn with_file_updates(
+        mut self,
+        updates: tokio::sync::watch::Receiver<FileUpstreams>,
+    ) -> Self {
+        self.file_updates = Some(updates);
+        self
     }
 
     /// Read every credential Secret again after `period` (default [`DEFAULT_REFRESH`]).
@@ -504,7 +515,7 @@ impl McpServerWatch {
             .iter()
             .map(|(name, u)| (name.clone(), Route::Serve(Arc::clone(u))))
             .collect();
-        let mut clients = HashMap::new();
+        self.clients.next_round();
         for server in servers {
             let name = server.name_any();
             let lookup = |reference: &SecretKeyRef| {
@@ -512,23 +523,16 @@ impl McpServerWatch {
                     .get(&(reference.name.clone(), reference.key.clone()))
                     .map_or(Err(SecretProblem::NotReadYet), |c| c.0.clone())
             };
-            let route = match upstream_of(&self.namespace, &name, &server.spec, lookup) {
-                Ok(mut upstream) => {
-                    // The client made before for the same TLS material, if there was one: its
-                    // connections survive the sync.
-                    if let (Some(fingerprint), Some(fresh)) = (
-                        tls_fingerprint(&server.spec, lookup),
-                        upstream.client.take(),
-                    ) {
-                        let client = match clients.get(&fingerprint) {
-                            Some(shared) => UpstreamClient::clone(shared),
-                            None => self.clients.remove(&fingerprint).unwrap_or(fresh),
-                        };
-                        clients.insert(fingerprint, client.clone());
-                        upstream.client = Some(client);
-                    }
-                    Route::Serve(Arc::new(upstream))
-                }
+            // The client made before for the same TLS material, if there was one: its
+            // connections survive the sync.
+            let route = match upstream_with_clients(
+                &self.namespace,
+                &name,
+                &server.spec,
+                lookup,
+                &mut self.clients,
+            ) {
+                Ok(upstream) => Route::Serve(Arc::new(upstream)),
                 Err(why) => Route::Unavailable(Arc::new(why)),
             };
             if self.file.contains_key(&name) && !shadowed(&previous, &self.file, &name) {
@@ -541,8 +545,6 @@ impl McpServerWatch {
             log_change(previous.get(&name), &route, &name, &self.namespace);
             routes.insert(name, route);
         }
-        // Clients of TLS material no longer used are dropped.
-        self.clients = clients;
         for name in previous.keys().filter(|n| !routes.contains_key(*n)) {
             info!(server = %name, namespace = %self.namespace, "MCP server removed: no longer served");
         }
@@ -604,9 +606,25 @@ impl McpServerWatch {
             tokio::time::interval_at(tokio::time::Instant::now() + self.refresh, self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut synced = Some(synced);
+        let mut file_updates = self.file_updates.take();
         loop {
+            let file_changed = async {
+                if let Some(updates) = &mut file_updates
+                    && updates.changed().await.is_ok()
+                {
+                    return Some(updates.borrow_and_update().clone());
+                }
+                // No reloader, or it stopped: the file's upstreams stay as they are.
+                std::future::pending::<Option<FileUpstreams>>().await
+            };
             tokio::select! {
                 () = &mut shutdown => return,
+                Some(file) = file_changed => {
+                    self.file = (*file).clone();
+                    if synced.is_none() {
+                        self.sync(&reader.state(), false).await;
+                    }
+                }
                 _ = tick.tick() => {
                     if synced.is_none() {
                         self.sync(&reader.state(), true).await;
@@ -934,18 +952,40 @@ mod tests {
         let spec = with_client_certificate("https://gh.example/mcp");
         let up = upstream_of("mcp", "github", &spec, lookup).expect("served");
         assert!(up.client.is_some(), "its own client");
-        // The digest that keys its client changes with the key, and names no key material.
-        let fingerprint = tls_fingerprint(&spec, lookup).expect("fingerprint");
-        assert_eq!(fingerprint.len(), 64);
-        let rotated = tls_fingerprint(&spec, |r: &SecretKeyRef| {
-            if r.key == "tls.key" {
-                Ok(client_certificate().1)
-            } else {
-                lookup(r)
-            }
-        });
-        assert_ne!(rotated.as_deref(), Some(fingerprint.as_str()));
-        assert_eq!(tls_fingerprint(&self::spec("https://x/mcp"), lookup), None);
+        // One client per TLS material: read again, the same; rotated, a new one, and the old
+        // one is dropped a round after its last use.
+        let mut clients = ClientCache::default();
+        let (new_cert, new_key) = client_certificate();
+        let rotated = |r: &SecretKeyRef| match r.key.as_str() {
+            "tls.crt" => Ok(new_cert.clone()),
+            "tls.key" => Ok(new_key.clone()),
+            _ => lookup(r),
+        };
+        for _ in 0..2 {
+            upstream_with_clients("mcp", "github", &spec, lookup, &mut clients).expect("served");
+            assert_eq!(clients.len(), 1);
+        }
+        clients.next_round();
+        upstream_with_clients("mcp", "github", &spec, rotated, &mut clients).expect("served");
+        assert_eq!(
+            clients.len(),
+            2,
+            "a new client for the new pair; the old one for a round"
+        );
+        clients.next_round();
+        upstream_with_clients("mcp", "github", &spec, rotated, &mut clients).expect("served");
+        assert_eq!(clients.len(), 1, "the old client is dropped");
+        // A certificate with another pair's key is refused, and nothing is kept for it.
+        let mismatched = |r: &SecretKeyRef| match r.key.as_str() {
+            "tls.key" => Ok(new_key.clone()),
+            _ => lookup(r),
+        };
+        upstream_with_clients("mcp", "github", &spec, mismatched, &mut clients)
+            .expect_err("not a pair");
+        assert_eq!(clients.len(), 1);
+        clients.next_round();
+        clients.next_round();
+        assert!(clients.is_empty(), "unused for a round: dropped");
     }
 
     #[test]

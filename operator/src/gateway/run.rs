@@ -35,12 +35,13 @@ use overseer_policy::{
 use prometheus_client::registry::Registry;
 
 use super::{
-    config::GatewayConfig,
+    config::Upstream,
     decider::{Decider, LocalDecider, RemoteDecider},
-    mcpservers::McpServerWatch,
+    mcpservers::{FileUpstreams, McpServerWatch},
     metrics::GatewayMetrics,
     proxy::{self, Gateway},
-    routes::RouteTable,
+    reload::{ConfigFile, Reload},
+    routes::{Route, RouteTable},
 };
 use crate::decision::{
     auth::Authenticator,
@@ -86,6 +87,17 @@ pub struct GatewayArgs {
         requires = "mcp_servers_namespace"
     )]
     pub mcp_servers_refresh_seconds: u64,
+    /// Seconds between reads of --config and the files it names (credential files, TLS
+    /// material): a change (a rotated Secret, an edited ConfigMap) is served without a restart
+    /// once it is valid; an invalid one is logged and the last valid configuration kept.
+    /// 0: read once at start-up. Environment variables and agentNamespace apply at start-up.
+    #[arg(
+        long,
+        env = "OVERSEER_GATEWAY_CONFIG_RELOAD_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=86400)
+    )]
+    pub config_reload_seconds: u64,
     /// Namespace of agents authenticated by API key (namespaced AgentPolicy objects only govern
     /// principals of their namespace). Default: the configuration file's `agentNamespace`, else
     /// $POD_NAMESPACE.
@@ -103,7 +115,8 @@ pub struct GatewayArgs {
     )]
     pub listen: SocketAddr,
     /// Threads serving requests: 0 = one per CPU the process may use; 1 = everything on one
-    /// thread (the lowest latency per call: a call never crosses threads; a sidecar's choice).
+    /// thread (a call never crosses threads: more calls per CPU, the same latency in
+    /// BENCHMARKS.md; a sidecar's choice).
     #[arg(
         long,
         env = "OVERSEER_GATEWAY_WORKER_THREADS",
@@ -224,22 +237,16 @@ pub async fn run_gateway(
     args: GatewayArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (upstreams, file_namespace) = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let config = GatewayConfig::from_yaml(&text)
-                .map_err(|e| anyhow::anyhow!("{} is invalid: {e}", path.display()))?;
-            // Watching MCPServers, the file may hold only agentNamespace.
-            let upstreams = if config.upstreams.is_empty() && args.mcp_servers_namespace.is_some() {
-                HashMap::new()
-            } else {
-                config
-                    .resolve(|v| std::env::var(v).ok())
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            };
-            (upstreams, config.agent_namespace)
-        }
+    let mut config_file = args
+        .config
+        .as_ref()
+        .map(|path| ConfigFile::new(path, args.mcp_servers_namespace.is_some()));
+    let (upstreams, file_namespace) = match &mut config_file {
+        Some(file) => match file.reload(|v| std::env::var(v).ok()) {
+            Reload::Changed(upstreams) => (upstreams, file.agent_namespace().map(str::to_owned)),
+            Reload::Invalid(why) => bail!("{why}"),
+            Reload::Unchanged => bail!("{} was not read", file.path().display()),
+        },
         None if args.mcp_servers_namespace.is_some() => (HashMap::new(), None),
         None => bail!("give --config FILE and/or --mcp-servers-namespace NAMESPACE: no upstreams"),
     };
@@ -310,21 +317,55 @@ pub async fn run_gateway(
 
     let max_body = usize::try_from(args.max_body_kib.saturating_mul(1024)).unwrap_or(usize::MAX);
     let table = RouteTable::default();
-    let watch = match (&args.mcp_servers_namespace, client) {
+    // The configuration file's upstreams as reloaded: into the table, or (with MCPServer
+    // objects) into the watch that merges them with the objects.
+    type Publish = Box<dyn FnMut(HashMap<String, Arc<Upstream>>) + Send>;
+    let (watch, publish_file): (_, Publish) = match (&args.mcp_servers_namespace, client) {
         (Some(ns), Some(client)) => {
+            let (file_tx, file_rx) = tokio::sync::watch::channel(FileUpstreams::default());
+            let publish: Publish = Box::new(move |upstreams| {
+                let _ = file_tx.send(Arc::new(upstreams));
+            });
             let watch = McpServerWatch::new(client, ns, upstreams, table.clone())
-                .with_refresh(Duration::from_secs(args.mcp_servers_refresh_seconds));
-            Some(start_watch(watch, shutdown_rx.clone()).await?)
+                .with_refresh(Duration::from_secs(args.mcp_servers_refresh_seconds))
+                .with_file_updates(file_rx);
+            (
+                Some(start_watch(watch, shutdown_rx.clone()).await?),
+                publish,
+            )
         }
         _ => {
-            table.store(
+            let serve = |upstreams: HashMap<String, Arc<Upstream>>| {
                 upstreams
                     .into_iter()
-                    .map(|(name, u)| (name, super::routes::Route::Serve(Arc::new(u))))
+                    .map(|(name, u)| (name, Route::Serve(u)))
+                    .collect()
+            };
+            table.store(serve(
+                upstreams
+                    .into_iter()
+                    .map(|(name, u)| (name, Arc::new(u)))
                     .collect(),
-            );
-            None
+            ));
+            let table = table.clone();
+            (
+                None,
+                Box::new(move |upstreams| table.store(serve(upstreams))),
+            )
         }
+    };
+    let reloader = match (config_file, args.config_reload_seconds) {
+        (Some(file), seconds) if seconds > 0 => {
+            let mut stop = shutdown_rx.clone();
+            Some(tokio::spawn(file.watch(
+                Duration::from_secs(seconds),
+                publish_file,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        _ => None,
     };
     let mut names: Vec<String> = table.snapshot().keys().cloned().collect();
     names.sort();
@@ -383,6 +424,9 @@ pub async fn run_gateway(
         .context("the gateway failed");
     if let Some(watch) = watch {
         watch.abort();
+    }
+    if let Some(reloader) = reloader {
+        reloader.abort();
     }
     armed.abort();
     if let Some(server) = metrics_server {

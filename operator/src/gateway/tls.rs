@@ -2,7 +2,7 @@
 //! or — for an upstream configured with its own CA (`tls.caFile`, `tls.caSecretRef`) — against
 //! that CA only; presenting a client certificate to upstreams that require mutual TLS.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use axum::body::Bytes;
 use http_body_util::Full;
@@ -97,6 +97,80 @@ pub fn client_config(material: TlsMaterial<'_>) -> Result<rustls::ClientConfig, 
                 ))
             })
         }
+    }
+}
+
+impl TlsMaterial<'_> {
+    /// A SHA-256 digest of the material (not of where it came from): equal for equal material,
+    /// and no second copy of a private key.
+    fn digest(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        // Each part tagged and length-prefixed: a CA is never taken for a certificate.
+        let mut part = |tag: u8, bytes: &[u8]| {
+            digest.update([tag]);
+            digest.update((bytes.len() as u64).to_le_bytes());
+            digest.update(bytes);
+        };
+        if let Some((ca, _)) = self.ca {
+            part(b'a', ca);
+        }
+        if let Some((cert, key, _)) = self.identity {
+            part(b'c', cert);
+            part(b'k', key);
+        }
+        digest.finalize().into()
+    }
+}
+
+/// HTTPS clients by the TLS material they were made from, so that reading the same material
+/// again (a refresh, a reload, another upstream with the same settings) keeps the client — and
+/// its pooled connections — instead of making a new one. Material is checked once, when its
+/// client is first made. Clients are forgotten one round after their last use
+/// ([`Self::next_round`]).
+#[derive(Default)]
+pub struct ClientCache {
+    used: HashMap<[u8; 32], UpstreamClient>,
+    before: HashMap<[u8; 32], UpstreamClient>,
+}
+
+impl std::fmt::Debug for ClientCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCache")
+            .field("clients", &self.len())
+            .finish()
+    }
+}
+
+impl ClientCache {
+    /// The client for `material`: the one made before for the same material, else a new one
+    /// (`Err` says what is wrong with the material, as [`client_config`] does).
+    pub fn client(&mut self, material: TlsMaterial<'_>) -> Result<UpstreamClient, TlsError> {
+        let key = material.digest();
+        if let Some(client) = self.used.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = match self.before.remove(&key) {
+            Some(client) => client,
+            None => client(client_config(material)?),
+        };
+        self.used.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Start a new round: the clients not asked for again before the next round are dropped.
+    pub fn next_round(&mut self) {
+        self.before = std::mem::take(&mut self.used);
+    }
+
+    /// How many clients are kept.
+    pub fn len(&self) -> usize {
+        self.used.len() + self.before.len()
+    }
+
+    /// Whether no client is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
