@@ -107,8 +107,13 @@ impl ConfigFile {
         let resolved = if config.upstreams.is_empty() && self.allow_empty {
             Ok(HashMap::new())
         } else {
-            self.clients.next_round();
-            config.resolve(env, &mut self.clients)
+            // Tried on a copy (cheap handles): an invalid configuration leaves the clients of
+            // the one still served in place for the next.
+            let mut clients = self.clients.clone();
+            clients.next_round();
+            config
+                .resolve(env, &mut clients)
+                .inspect(|_| self.clients = clients)
         };
         match resolved {
             Ok(upstreams) => {
@@ -327,12 +332,21 @@ mod tests {
         write(&at("token"), "three");
         assert!(matches!(file.reload(|_| None), Reload::Changed(_)));
         assert_eq!(file.clients.len(), 1);
+        assert_eq!(file.clients.made(), 2);
         // Half a rotation (a new key, the old certificate) is refused: the last pair serves on.
         write(&at("tls.key"), &client_certificate().1);
         assert!(matches!(
             file.reload(|_| None),
             Reload::Invalid(why) if why.contains("tls.certFile/keyFile") && !why.contains("PRIVATE KEY")
         ));
+        // Another invalid change, then the fix: the client of the pair still served is kept.
+        write(&at("tls.key"), &key);
+        std::fs::remove_file(at("token")).expect("remove");
+        assert!(matches!(file.reload(|_| None), Reload::Invalid(_)));
+        write(&at("token"), "four");
+        assert!(matches!(file.reload(|_| None), Reload::Changed(_)));
+        assert_eq!(file.clients.made(), 2, "no new client for the same pair");
+        assert_eq!(file.clients.len(), 1);
     }
 
     #[test]

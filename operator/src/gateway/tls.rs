@@ -128,16 +128,18 @@ impl TlsMaterial<'_> {
 /// its pooled connections — instead of making a new one. Material is checked once, when its
 /// client is first made. Clients are forgotten one round after their last use
 /// ([`Self::next_round`]).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ClientCache {
     used: HashMap<[u8; 32], UpstreamClient>,
     before: HashMap<[u8; 32], UpstreamClient>,
+    made: u64,
 }
 
 impl std::fmt::Debug for ClientCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCache")
             .field("clients", &self.len())
+            .field("made", &self.made)
             .finish()
     }
 }
@@ -152,7 +154,11 @@ impl ClientCache {
         }
         let client = match self.before.remove(&key) {
             Some(client) => client,
-            None => client(client_config(material)?),
+            None => {
+                let made = client(client_config(material)?);
+                self.made += 1;
+                made
+            }
         };
         self.used.insert(key, client.clone());
         Ok(client)
@@ -166,6 +172,11 @@ impl ClientCache {
     /// How many clients are kept.
     pub fn len(&self) -> usize {
         self.used.len() + self.before.len()
+    }
+
+    /// How many clients this cache has made (each one opens its own connections).
+    pub fn made(&self) -> u64 {
+        self.made
     }
 
     /// Whether no client is kept.
