@@ -1,7 +1,7 @@
 //! `overseer gateway --config-reload-seconds`: the configuration file and the files it names
 //! are read again while the gateway serves — a rotated credential file is injected, a new
 //! upstream is served, and an invalid change is refused while the last valid configuration
-//! keeps serving.
+//! keeps serving; both are counted in the gateway's metrics.
 
 use std::{
     net::SocketAddr,
@@ -138,6 +138,31 @@ async fn until(
     }
 }
 
+/// Replace `path` with `text` the way Kubernetes updates a mounted Secret or ConfigMap: whole,
+/// never half-written.
+fn put(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+/// The gateway's `/metrics` text.
+async fn metrics(addr: SocketAddr) -> String {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = hyper::Request::get(format!("http://{addr}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = client.request(request).await.expect("metrics served");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 fn config(dir: &Path, upstreams: &[(&str, SocketAddr)]) -> String {
     let mut text = "agentNamespace: default\nupstreams:\n".to_owned();
     for (name, addr) in upstreams {
@@ -163,12 +188,14 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
     std::fs::write(d.join("gateway.yaml"), config(d, &[("one", first)])).expect("config");
 
     let listen = free_port();
+    let metrics_at = free_port();
     let w = d.display().to_string();
     let args = Gateway::try_parse_from([
         "gateway".to_owned(),
         format!("--config={w}/gateway.yaml"),
         "--config-reload-seconds=1".to_owned(),
         format!("--listen={listen}"),
+        format!("--metrics-listen={metrics_at}"),
         format!("--api-keys={w}/keys.yaml"),
         format!("--policies={w}/policies"),
         format!("--decision-listen={}", free_port()),
@@ -193,7 +220,7 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
     assert_eq!(initialize(listen, "two").await, StatusCode::NOT_FOUND);
 
     // The mounted credential is rotated: the new one is injected.
-    std::fs::write(d.join("token"), "second\n").expect("token");
+    put(&d.join("token"), "second\n");
     until(
         listen,
         "one",
@@ -204,11 +231,10 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
     .await;
 
     // A second upstream is added to the file: served.
-    std::fs::write(
-        d.join("gateway.yaml"),
-        config(d, &[("one", first), ("two", second)]),
-    )
-    .expect("config");
+    put(
+        &d.join("gateway.yaml"),
+        &config(d, &[("one", first), ("two", second)]),
+    );
     until(listen, "two", &seen, "the added upstream", |status, _| {
         status == StatusCode::OK
     })
@@ -217,12 +243,11 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
     // An invalid change (and a credential rotated meanwhile) is not applied: the last valid
     // configuration keeps serving. Nothing can be awaited to show that a change was *not*
     // applied; three reload periods pass.
-    std::fs::write(
-        d.join("gateway.yaml"),
+    put(
+        &d.join("gateway.yaml"),
         "upstreams:\n  - name: one\n    url: ftp://nowhere/mcp\n",
-    )
-    .expect("config");
-    std::fs::write(d.join("token"), "third\n").expect("token");
+    );
+    put(&d.join("token"), "third\n");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(initialize(listen, "two").await, StatusCode::OK);
     assert_eq!(initialize(listen, "one").await, StatusCode::OK);
@@ -231,9 +256,17 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
         Some("Bearer second"),
         "the invalid configuration was not applied"
     );
+    let text = metrics(metrics_at).await;
+    for line in [
+        r#"overseer_gateway_config_reloads_total{outcome="applied"} 2"#,
+        r#"overseer_gateway_config_reloads_total{outcome="invalid"} 1"#,
+        "overseer_gateway_config_last_reload_successful 0",
+    ] {
+        assert!(text.contains(line), "{line} is missing from\n{text}");
+    }
 
     // Fixed: the new configuration (one upstream, the third credential) is served.
-    std::fs::write(d.join("gateway.yaml"), config(d, &[("one", first)])).expect("config");
+    put(&d.join("gateway.yaml"), &config(d, &[("one", first)]));
     until(
         listen,
         "one",
@@ -243,6 +276,13 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
     )
     .await;
     assert_eq!(initialize(listen, "two").await, StatusCode::NOT_FOUND);
+    let text = metrics(metrics_at).await;
+    for line in [
+        r#"overseer_gateway_config_reloads_total{outcome="applied"} 3"#,
+        "overseer_gateway_config_last_reload_successful 1",
+    ] {
+        assert!(text.contains(line), "{line} is missing from\n{text}");
+    }
 
     let _ = stop_tx.send(true);
     tokio::time::timeout(Duration::from_secs(10), gateway)

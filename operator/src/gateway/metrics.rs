@@ -8,7 +8,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -33,6 +33,13 @@ pub struct ServerLabels {
     pub server: String,
 }
 
+/// Labels of the configuration reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied` (a valid change is served) or `invalid` (refused; the last valid one serves).
+    pub outcome: &'static str,
+}
+
 /// The gateway's metrics.
 #[derive(Clone, Debug)]
 pub struct GatewayMetrics {
@@ -40,6 +47,22 @@ pub struct GatewayMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time from forwarding a request to the upstream's response headers.
     pub upstream_duration: Family<ServerLabels, Histogram>,
+    /// Changes of the configuration file (or the files it names) found on a reload, by outcome.
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the configuration served is what the files hold (or there is no file), 0 while a
+    /// change is refused as invalid and an older configuration serves.
+    pub config_last_reload_successful: Gauge,
+}
+
+impl GatewayMetrics {
+    /// Count a reload that found a change: `applied` or not.
+    pub fn reloaded(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "invalid" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+        self.config_last_reload_successful.set(i64::from(applied));
+    }
 }
 
 impl GatewayMetrics {
@@ -53,7 +76,10 @@ impl GatewayMetrics {
                     50e-6, 2.0, 16,
                 ))
             }),
+            config_reloads: Family::default(),
+            config_last_reload_successful: Gauge::default(),
         };
+        metrics.config_last_reload_successful.set(1);
         let sub = registry.sub_registry_with_prefix("gateway");
         sub.register(
             "requests",
@@ -64,6 +90,16 @@ impl GatewayMetrics {
             "upstream_duration_seconds",
             "Time from forwarding a request to the MCP server's response headers",
             metrics.upstream_duration.clone(),
+        );
+        sub.register(
+            "config_reloads",
+            "Changes of the configuration file or the files it names, by outcome (applied, invalid)",
+            metrics.config_reloads.clone(),
+        );
+        sub.register(
+            "config_last_reload_successful",
+            "1 while the configuration served is what its files hold, 0 while a change is refused",
+            metrics.config_last_reload_successful.clone(),
         );
         metrics
     }

@@ -17,6 +17,7 @@ use sha2::Digest as _;
 
 use super::{
     config::{GatewayConfig, Upstream},
+    metrics::GatewayMetrics,
     tls::ClientCache,
 };
 
@@ -145,11 +146,13 @@ impl ConfigFile {
     }
 
     /// Read the configuration again every `period` until `shutdown` resolves, handing every
-    /// valid change to `publish`; an invalid one is logged and the last valid one kept.
+    /// valid change to `publish`; an invalid one is logged and the last valid one kept. Both are
+    /// counted in `metrics`.
     pub async fn watch(
         mut self,
         period: Duration,
         mut publish: impl FnMut(HashMap<String, Arc<Upstream>>) + Send,
+        metrics: Option<GatewayMetrics>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
         let mut shutdown = std::pin::pin!(shutdown);
@@ -177,6 +180,9 @@ impl ConfigFile {
             match outcome {
                 Reload::Unchanged => {}
                 Reload::Changed(upstreams) => {
+                    if let Some(m) = &metrics {
+                        m.reloaded(true);
+                    }
                     let mut names: Vec<&String> = upstreams.keys().collect();
                     names.sort();
                     tracing::info!(file = %self.path.display(), upstreams = ?names, "configuration reloaded");
@@ -187,10 +193,15 @@ impl ConfigFile {
                             .collect(),
                     );
                 }
-                Reload::Invalid(why) => tracing::error!(
-                    error = %why,
-                    "the changed configuration is invalid; still serving the last valid one"
-                ),
+                Reload::Invalid(why) => {
+                    if let Some(m) = &metrics {
+                        m.reloaded(false);
+                    }
+                    tracing::error!(
+                        error = %why,
+                        "the changed configuration is invalid; still serving the last valid one"
+                    );
+                }
             }
         }
     }

@@ -354,19 +354,6 @@ pub async fn run_gateway(
             )
         }
     };
-    let reloader = match (config_file, args.config_reload_seconds) {
-        (Some(file), seconds) if seconds > 0 => {
-            let mut stop = shutdown_rx.clone();
-            Some(tokio::spawn(file.watch(
-                Duration::from_secs(seconds),
-                publish_file,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )))
-        }
-        _ => None,
-    };
     let mut names: Vec<String> = table.snapshot().keys().cloned().collect();
     names.sort();
     let mut gateway = Gateway::new(decider, auth, HashMap::new(), namespace)
@@ -375,11 +362,14 @@ pub async fn run_gateway(
     if let Some(reviewer) = tokens {
         gateway = gateway.with_token_review(reviewer);
     }
+    let mut reload_metrics = None;
     let metrics_server = match args.metrics_listen {
         Some(addr) => {
             let mut registry =
                 prometheus_client::registry::Registry::with_prefix(crate::metrics::PREFIX);
-            gateway = gateway.with_metrics(GatewayMetrics::register(&mut registry));
+            let metrics = GatewayMetrics::register(&mut registry);
+            gateway = gateway.with_metrics(metrics.clone());
+            reload_metrics = Some(metrics);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
@@ -397,6 +387,20 @@ pub async fn run_gateway(
             }))
         }
         None => None,
+    };
+    let reloader = match (config_file, args.config_reload_seconds) {
+        (Some(file), seconds) if seconds > 0 => {
+            let mut stop = shutdown_rx.clone();
+            Some(tokio::spawn(file.watch(
+                Duration::from_secs(seconds),
+                publish_file,
+                reload_metrics,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        _ => None,
     };
     let gateway = Arc::new(gateway);
     let listener = tokio::net::TcpListener::bind(args.listen)
