@@ -138,6 +138,14 @@ async fn until(
     }
 }
 
+/// [`until`] a call to upstream `one` is answered and the upstream got `credential`.
+async fn until_injected(gateway: SocketAddr, seen: &Seen, what: &str, credential: &str) {
+    until(gateway, "one", seen, what, |status, last| {
+        status == StatusCode::OK && last.as_deref() == Some(credential)
+    })
+    .await;
+}
+
 /// Replace `path` with `text` the way Kubernetes updates a mounted Secret or ConfigMap: whole,
 /// never half-written.
 fn put(path: &Path, text: &str) {
@@ -146,8 +154,8 @@ fn put(path: &Path, text: &str) {
     std::fs::rename(&next, path).expect("rename");
 }
 
-/// The gateway's `/metrics` text.
-async fn metrics(addr: SocketAddr) -> String {
+/// Assert that the gateway's `/metrics` text holds each of `lines`.
+async fn assert_metrics(addr: SocketAddr, lines: &[&str]) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let request = hyper::Request::get(format!("http://{addr}/metrics"))
@@ -160,7 +168,10 @@ async fn metrics(addr: SocketAddr) -> String {
         .await
         .expect("body")
         .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
+    let text = String::from_utf8_lossy(&body);
+    for line in lines {
+        assert!(text.contains(line), "{line} is missing from\n{text}");
+    }
 }
 
 fn config(dir: &Path, upstreams: &[(&str, SocketAddr)]) -> String {
@@ -209,26 +220,12 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
 
-    until(
-        listen,
-        "one",
-        &seen,
-        "the gateway serves",
-        |status, last| status == StatusCode::OK && last.as_deref() == Some("Bearer first"),
-    )
-    .await;
+    until_injected(listen, &seen, "the gateway serves", "Bearer first").await;
     assert_eq!(initialize(listen, "two").await, StatusCode::NOT_FOUND);
 
     // The mounted credential is rotated: the new one is injected.
     put(&d.join("token"), "second\n");
-    until(
-        listen,
-        "one",
-        &seen,
-        "the rotated credential",
-        |status, last| status == StatusCode::OK && last.as_deref() == Some("Bearer second"),
-    )
-    .await;
+    until_injected(listen, &seen, "the rotated credential", "Bearer second").await;
 
     // A second upstream is added to the file: served.
     put(
@@ -256,33 +253,28 @@ async fn a_changed_configuration_is_served_without_a_restart_and_an_invalid_one_
         Some("Bearer second"),
         "the invalid configuration was not applied"
     );
-    let text = metrics(metrics_at).await;
-    for line in [
-        r#"overseer_gateway_config_reloads_total{outcome="applied"} 2"#,
-        r#"overseer_gateway_config_reloads_total{outcome="invalid"} 1"#,
-        "overseer_gateway_config_last_reload_successful 0",
-    ] {
-        assert!(text.contains(line), "{line} is missing from\n{text}");
-    }
+    assert_metrics(
+        metrics_at,
+        &[
+            r#"overseer_gateway_config_reloads_total{outcome="applied"} 2"#,
+            r#"overseer_gateway_config_reloads_total{outcome="invalid"} 1"#,
+            "overseer_gateway_config_last_reload_successful 0",
+        ],
+    )
+    .await;
 
     // Fixed: the new configuration (one upstream, the third credential) is served.
     put(&d.join("gateway.yaml"), &config(d, &[("one", first)]));
-    until(
-        listen,
-        "one",
-        &seen,
-        "the fixed configuration",
-        |status, last| status == StatusCode::OK && last.as_deref() == Some("Bearer third"),
+    until_injected(listen, &seen, "the fixed configuration", "Bearer third").await;
+    assert_eq!(initialize(listen, "two").await, StatusCode::NOT_FOUND);
+    assert_metrics(
+        metrics_at,
+        &[
+            r#"overseer_gateway_config_reloads_total{outcome="applied"} 3"#,
+            "overseer_gateway_config_last_reload_successful 1",
+        ],
     )
     .await;
-    assert_eq!(initialize(listen, "two").await, StatusCode::NOT_FOUND);
-    let text = metrics(metrics_at).await;
-    for line in [
-        r#"overseer_gateway_config_reloads_total{outcome="applied"} 3"#,
-        "overseer_gateway_config_last_reload_successful 1",
-    ] {
-        assert!(text.contains(line), "{line} is missing from\n{text}");
-    }
 
     let _ = stop_tx.send(true);
     tokio::time::timeout(Duration::from_secs(10), gateway)

@@ -190,16 +190,27 @@ async fn mcp(headers: HeaderMap, body: Bytes) -> Response {
     }
 }
 
-async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
+/// Serve `app` on `listen` (`TCP_NODELAY` on every connection, as the gateway does), saying
+/// what it is.
+async fn serve(listen: SocketAddr, what: &str, app: Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("MCP upstream on http://{listen}/mcp");
+    eprintln!("{what} on http://{listen}/mcp");
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, Router::new().route("/mcp", post(mcp))).await?;
+    axum::serve(listener, app).await?;
     Ok(())
+}
+
+async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
+    serve(
+        listen,
+        "MCP upstream",
+        Router::new().route("/mcp", post(mcp)),
+    )
+    .await
 }
 
 /// Request headers the bare proxy passes on (those the gateway passes that the load sends).
@@ -240,15 +251,12 @@ async fn bare_proxy(listen: SocketAddr, upstream: hyper::Uri) -> anyhow::Result<
             }
         }
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("bare proxy on http://{listen}/mcp");
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, Router::new().route("/mcp", any(relay))).await?;
-    Ok(())
+    serve(
+        listen,
+        "bare proxy",
+        Router::new().route("/mcp", any(relay)),
+    )
+    .await
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

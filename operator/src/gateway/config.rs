@@ -121,14 +121,7 @@ impl TlsConfig {
             Some(path) => Some((read(path, "caFile")?, path.display().to_string())),
         };
         clients
-            .client(TlsMaterial {
-                ca: ca
-                    .as_ref()
-                    .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
-                identity: identity
-                    .as_ref()
-                    .map(|(cert, key, origin)| (cert.as_slice(), key.as_slice(), origin.as_str())),
-            })
+            .client(TlsMaterial::of(ca.as_ref(), identity.as_ref()))
             .map_err(|e| match e {
                 TlsError::Ca(m) => format!("tls.caFile: {m}"),
                 TlsError::Identity(m) => format!("tls.certFile/keyFile: {m}"),

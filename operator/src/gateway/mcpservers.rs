@@ -291,14 +291,7 @@ fn tls_client(
         }
     };
     clients
-        .client(TlsMaterial {
-            ca: ca
-                .as_ref()
-                .map(|(pem, origin)| (pem.as_bytes(), origin.as_str())),
-            identity: identity
-                .as_ref()
-                .map(|(cert, key, origin)| (cert.as_bytes(), key.as_bytes(), origin.as_str())),
-        })
+        .client(TlsMaterial::of(ca.as_ref(), identity.as_ref()))
         .map_err(|e| match e {
             TlsError::Ca(m) => {
                 Unavailable::new(REASON_CA_INVALID, format!("spec.tls.caSecretRef: {m}"))

@@ -100,7 +100,20 @@ pub fn client_config(material: TlsMaterial<'_>) -> Result<rustls::ClientConfig, 
     }
 }
 
-impl TlsMaterial<'_> {
+impl<'a> TlsMaterial<'a> {
+    /// The material of owned parts: `ca` as (PEM, origin), `identity` as (certificate chain PEM,
+    /// private key PEM, origin).
+    pub fn of<P: AsRef<[u8]>>(
+        ca: Option<&'a (P, String)>,
+        identity: Option<&'a (P, P, String)>,
+    ) -> Self {
+        Self {
+            ca: ca.map(|(pem, origin)| (pem.as_ref(), origin.as_str())),
+            identity: identity
+                .map(|(cert, key, origin)| (cert.as_ref(), key.as_ref(), origin.as_str())),
+        }
+    }
+
     /// A SHA-256 digest of the material (not of where it came from): equal for equal material,
     /// and no second copy of a private key.
     fn digest(&self) -> [u8; 32] {
