@@ -57,12 +57,43 @@ pub enum Command {
 /// Subcommands of `overseer audit`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of an audit log file and name the first broken record. Exit status 0
-    /// when the chain is intact, 1 when it is broken or unreadable.
-    Verify {
-        /// The audit log file (JSON lines).
-        file: std::path::PathBuf,
-    },
+    /// Check the hash chain of an audit log — the file and the files it was rotated into — and
+    /// name the first broken record. Exit status 0 when the chain is intact (and starts where
+    /// `--from-genesis` or `--since` require), 1 when it is broken, unreadable or starts elsewhere.
+    Verify(AuditVerifyArgs),
+}
+
+/// Flags of `overseer audit verify`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditVerifyArgs {
+    /// The audit log's active file (JSON lines), as given to `--audit-file`. The files it was
+    /// rotated into (`FILE.000001`, `FILE.000002`, ... beside it) are checked with it, oldest
+    /// first, as one chain.
+    pub file: std::path::PathBuf,
+    /// Check FILE alone, without its rotated files (e.g. one rotated file, or a copy).
+    #[arg(long)]
+    pub only_this_file: bool,
+    /// Fail unless the chain starts at its first record (seq 1, linked to the genesis hash):
+    /// nothing was rotated away, pruned or cut from the front.
+    #[arg(long, conflicts_with = "since")]
+    pub from_genesis: bool,
+    /// Fail unless the chain holds the record with this hash or starts right after it. Keep the
+    /// last hash an earlier check printed: this proves nothing from that record on was removed
+    /// or changed, even after older files were pruned.
+    #[arg(long, value_name = "HASH", value_parser = parse_record_hash)]
+    pub since: Option<String>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A record hash: 64 hex digits (SHA-256), normalised to lowercase as the log writes them.
+fn parse_record_hash(s: &str) -> Result<String, String> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("a record hash is 64 hex digits (the SHA-256 an earlier `overseer audit verify` printed as the last hash)".into())
+    }
 }
 
 /// How logs are written.

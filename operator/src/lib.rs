@@ -5,6 +5,7 @@
 
 pub mod agentpolicy;
 pub mod approvals;
+pub mod audit_verify;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -72,8 +72,8 @@ fn main() -> ExitCode {
         }),
         Command::Check(args) => return operator::decision::standalone::run_check(&args),
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => return operator::decision::standalone::run_audit_verify(&file),
+            command: AuditCommand::Verify(args),
+        } => return operator::audit_verify::run_audit_verify(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -383,6 +383,15 @@ pub fn verify_from(
     path: &Path,
     expected_prev_hash: Option<&str>,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_file(path, expected_prev_hash, &mut |_, _| {})
+}
+
+/// [`verify_from`], calling `visit(seq, hash)` for every record that checks out, in order.
+fn verify_file(
+    path: &Path,
+    expected_prev_hash: Option<&str>,
+    visit: &mut dyn FnMut(u64, &str),
+) -> Result<VerifyReport, VerifyError> {
     let io_err = |source| VerifyError::Io {
         path: path.to_path_buf(),
         source,
@@ -454,6 +463,7 @@ pub fn verify_from(
         report.records += 1;
         report.last_seq = seq;
         report.last_hash = hex_str(&checked.hash).to_owned();
+        visit(checked.seq, &report.last_hash);
     }
 }
 
@@ -464,13 +474,24 @@ pub fn verify_chain(
     paths: &[PathBuf],
     expected_prev_hash: Option<&str>,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_chain_visiting(paths, expected_prev_hash, |_, _| {})
+}
+
+/// [`verify_chain`], calling `visit(seq, hash)` for every record that checks out, in chain order
+/// — e.g. to find a record whose hash was kept elsewhere as a checkpoint. Records of a file are
+/// visited as they are checked, before a later record of the same file may turn out broken.
+pub fn verify_chain_visiting(
+    paths: &[PathBuf],
+    expected_prev_hash: Option<&str>,
+    mut visit: impl FnMut(u64, &str),
+) -> Result<VerifyReport, VerifyError> {
     let mut total: Option<VerifyReport> = None;
     for path in paths {
         let expected = total
             .as_ref()
             .map(|t| t.last_hash.as_str())
             .or(expected_prev_hash);
-        let report = verify_from(path, expected)?;
+        let report = verify_file(path, expected, &mut visit)?;
         total = Some(match total {
             None => report,
             Some(mut t) => {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use overseer_policy::audit::{
     AuditConfig, AuditError, AuditEvent, AuditInput, AuditLog, AuditMode, AuditRecord, AuditResult,
     BreakReason, FileSinkConfig, GENESIS_HASH, VerifyError, rotated_files, verify, verify_chain,
-    verify_from,
+    verify_chain_visiting, verify_from,
 };
 
 fn event(i: u64) -> AuditEvent {
@@ -299,6 +299,21 @@ fn rotation_keeps_the_chain_across_files() {
     assert_eq!(report.records, 60);
     assert_eq!(report.last_hash, head.last_hash);
     assert!(report.starts_at_genesis());
+
+    // Visiting sees every record once, in chain order, with the hash the next one links to.
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    verify_chain_visiting(&files, Some(GENESIS_HASH), |seq, hash| {
+        seen.push((seq, hash.to_owned()))
+    })
+    .expect("visit");
+    assert_eq!(
+        seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=60).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seen.last().map(|(_, h)| h.as_str()),
+        Some(head.last_hash.as_str())
+    );
 
     // Each rotated file verifies on its own, and links to the one before.
     let first = verify(&files[0]).expect("first file");

@@ -1,5 +1,5 @@
-//! The decision service without a cluster: `overseer serve --policies DIR` (reloading on change),
-//! `overseer check` (one decision, for CI pipelines) and `overseer audit verify`.
+//! The decision service without a cluster: `overseer serve --policies DIR` (reloading on change)
+//! and `overseer check` (one decision, for CI pipelines).
 
 use std::{
     net::SocketAddr,
@@ -164,31 +164,6 @@ fn check(args: &CheckArgs) -> anyhow::Result<u8> {
         Outcome::Deny => 1,
         Outcome::RequireApproval => 2,
     })
-}
-
-/// `overseer audit verify FILE`: check the hash chain; exit 0 when intact, 1 when broken.
-pub fn run_audit_verify(file: &Path) -> ExitCode {
-    match overseer_policy::audit::verify(file) {
-        Ok(report) => {
-            println!(
-                "{}: chain intact: {} records (seq {} to {}), last hash {}",
-                file.display(),
-                report.records,
-                report
-                    .first_seq
-                    .map_or_else(|| "-".into(), |s| s.to_string()),
-                report
-                    .last_seq
-                    .map_or_else(|| "-".into(), |s| s.to_string()),
-                report.last_hash
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            ExitCode::FAILURE
-        }
-    }
 }
 
 fn authenticator(args: &ServeArgs) -> anyhow::Result<Authenticator> {
