@@ -1033,6 +1033,13 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
                 file.display()
             );
         }
+        audit_fits_its_volume(
+            dir,
+            &spec,
+            gateway,
+            &flags.audit_file,
+            &flags.audit_rotation,
+        );
         assert_eq!(
             flags.mcp_servers_namespace.is_some(),
             watches,
@@ -1094,6 +1101,60 @@ fn gateway_examples_run_overseer_gateway_with_valid_flags() {
 
 /// A gateway reading `--config`: the file is a ConfigMap of the kustomization holding a valid
 /// gateway configuration whose credential files are mounted from Secrets. Returns those Secrets.
+/// An audit file on an emptyDir cannot fill the node: the volume has a size limit, and the active
+/// file with every rotated file kept fits inside it.
+fn audit_fits_its_volume(
+    dir: &str,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    container: &k8s_openapi::api::core::v1::Container,
+    audit_file: &Path,
+    rotation: &operator::decision::standalone::AuditRotationArgs,
+) {
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| audit_file.starts_with(&m.mount_path))
+        .unwrap_or_else(|| {
+            panic!(
+                "{dir}: the audit file {} is on no volume",
+                audit_file.display()
+            )
+        });
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("{dir}: no volume {}", mount.name));
+    let Some(empty_dir) = &volume.empty_dir else {
+        return;
+    };
+    let limit = empty_dir
+        .size_limit
+        .as_ref()
+        .unwrap_or_else(|| panic!("{dir}: the audit emptyDir {} has no sizeLimit", volume.name));
+    let mib = match limit.0.strip_suffix("Gi") {
+        Some(n) => n.parse::<u64>().map(|n| n * 1024),
+        None => limit
+            .0
+            .strip_suffix("Mi")
+            .unwrap_or(&limit.0)
+            .parse::<u64>(),
+    }
+    .unwrap_or_else(|e| panic!("{dir}: sizeLimit {} is not NGi or NMi: {e}", limit.0));
+    let keep = rotation.audit_keep_files.unwrap_or_else(|| {
+        panic!(
+            "{dir}: an audit log on an emptyDir must prune its rotated files (--audit-keep-files)"
+        )
+    });
+    let most = (keep + 1) * rotation.audit_max_mib;
+    assert!(
+        most < mib,
+        "{dir}: the audit log may grow to {most} MiB, past the {mib} MiB emptyDir"
+    );
+}
+
 fn gateway_file_credentials(
     dir: &str,
     objects: &[(PathBuf, Value)],
@@ -1391,6 +1452,13 @@ fn ext_authz_component_runs_overseer_ext_authz_and_envoy_points_at_it() {
         "agents may present their own tokens"
     );
     assert_eq!(ext.tokens.token_audiences, ["overseer-ext-authz"]);
+    audit_fits_its_volume(
+        "config/extauthz",
+        &spec,
+        container,
+        &ext.audit_file,
+        &ext.audit_rotation,
+    );
     token_review_rbac("config/extauthz", &found, &spec, "overseer-system", true);
     assert_eq!(ext.listen.port(), 9191);
     let decision_url = ext.decision_url.clone().expect("asks the decision service");

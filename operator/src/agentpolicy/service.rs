@@ -10,7 +10,7 @@ use chrono::Utc;
 use clap::Args;
 use overseer_policy::{
     approvals::ApprovalStore,
-    audit::{AuditConfig, AuditLog, FileSinkConfig},
+    audit::{AuditConfig, AuditLog},
     compile::CompiledPolicies,
     engine::Engine,
     limits::{LimitState, LimitsConfig, Persister},
@@ -77,6 +77,11 @@ pub struct DecisionArgs {
     /// Rotate the audit file when it grows past this many MiB.
     #[arg(long, env = "OVERSEER_DECISION_AUDIT_MAX_MIB", default_value_t = DEFAULT_AUDIT_MAX_MIB, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub decision_audit_max_mib: u64,
+    /// Keep at most this many rotated audit files, deleting the oldest at each rotation; without
+    /// it every rotated file is kept. Before files are pruned, keep the last hash `overseer audit
+    /// verify` prints somewhere else, and check later with `--since HASH`.
+    #[arg(long, env = "OVERSEER_DECISION_AUDIT_KEEP_FILES", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub decision_audit_keep_files: Option<u64>,
     /// Write every audit record to stdout (as well as to --decision-audit-file, if given).
     #[arg(long, env = "OVERSEER_DECISION_AUDIT_STDOUT")]
     pub decision_audit_stdout: bool,
@@ -102,6 +107,7 @@ impl Default for DecisionArgs {
             decision_approval_namespace: None,
             decision_audit_file: None,
             decision_audit_max_mib: DEFAULT_AUDIT_MAX_MIB,
+            decision_audit_keep_files: None,
             decision_audit_stdout: false,
             decision_state_file: None,
         }
@@ -201,9 +207,11 @@ pub fn build(
         None => Authenticator::no_keys(),
     };
     let file = args.decision_audit_file.as_ref().map(|path| {
-        let mut file = FileSinkConfig::new(path);
-        file.max_bytes = args.decision_audit_max_mib.saturating_mul(1024 * 1024);
-        file
+        crate::decision::standalone::audit_file_sink(
+            path,
+            args.decision_audit_max_mib,
+            args.decision_audit_keep_files,
+        )
     });
     let audit = Arc::new(
         AuditLog::open(AuditConfig {

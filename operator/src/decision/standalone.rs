@@ -31,6 +31,49 @@ use super::{
     files::{FileError, PolicyDir},
 };
 
+/// The audit file sink writing `path`, rotated past `max_mib` MiB, keeping at most `keep_files`
+/// rotated files (all when `None`).
+pub fn audit_file_sink(path: &Path, max_mib: u64, keep_files: Option<u64>) -> FileSinkConfig {
+    let mut file = FileSinkConfig::new(path);
+    file.max_bytes = max_mib.saturating_mul(1024 * 1024);
+    file.max_rotated_files = keep_files.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    file
+}
+
+/// When an audit file is rotated and how many rotated files are kept: flags of `overseer serve`,
+/// `overseer gateway` and `overseer ext-authz` (`overseer run` has its own, `--decision-audit-*`).
+#[derive(Debug, Clone, Args)]
+pub struct AuditRotationArgs {
+    /// Rotate the audit file when it grows past this many MiB.
+    #[arg(long, env = "OVERSEER_AUDIT_MAX_MIB", default_value_t = crate::agentpolicy::service::DEFAULT_AUDIT_MAX_MIB, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub audit_max_mib: u64,
+    /// Keep at most this many rotated audit files, deleting the oldest at each rotation; without
+    /// it every rotated file is kept. Before files are pruned, keep the last hash `overseer audit
+    /// verify` prints somewhere else, and check later with `--since HASH`.
+    #[arg(long, env = "OVERSEER_AUDIT_KEEP_FILES", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub audit_keep_files: Option<u64>,
+}
+
+impl AuditRotationArgs {
+    /// The file sink writing `path` with this rotation.
+    pub fn file_sink(&self, path: &Path) -> FileSinkConfig {
+        audit_file_sink(path, self.audit_max_mib, self.audit_keep_files)
+    }
+
+    /// These flags as `overseer serve` arguments (for an in-process decision service).
+    pub fn to_serve_args(&self) -> Vec<std::ffi::OsString> {
+        let mut argv = vec![
+            "--audit-max-mib".into(),
+            self.audit_max_mib.to_string().into(),
+        ];
+        if let Some(keep) = self.audit_keep_files {
+            argv.push("--audit-keep-files".into());
+            argv.push(keep.to_string().into());
+        }
+        argv
+    }
+}
+
 /// Flags of `overseer serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -54,9 +97,9 @@ pub struct ServeArgs {
         default_value = "overseer-audit.jsonl"
     )]
     pub audit_file: PathBuf,
-    /// Rotate the audit file when it grows past this many MiB.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub audit_max_mib: u64,
+    /// When the audit file is rotated, and how many rotated files are kept.
+    #[command(flatten)]
+    pub audit_rotation: AuditRotationArgs,
     /// Also write every audit record to stdout.
     #[arg(long)]
     pub audit_stdout: bool,
@@ -214,8 +257,7 @@ pub fn build(
         limits,
         Arc::new(InMemoryApprovals::default()),
     ));
-    let mut file = FileSinkConfig::new(&args.audit_file);
-    file.max_bytes = args.audit_max_mib.saturating_mul(1024 * 1024);
+    let file = args.audit_rotation.file_sink(&args.audit_file);
     let audit = Arc::new(
         AuditLog::open(AuditConfig {
             file: Some(file),

@@ -79,6 +79,9 @@ pub struct ExtAuthzArgs {
         default_value = "overseer-extauthz-audit.jsonl"
     )]
     pub audit_file: PathBuf,
+    /// When the audit file is rotated, and how many rotated files are kept.
+    #[command(flatten)]
+    pub audit_rotation: crate::decision::standalone::AuditRotationArgs,
     /// Also write every audit record to stdout (for log collectors).
     #[arg(long)]
     pub audit_stdout: bool,
@@ -148,6 +151,7 @@ fn serve_args(args: &ExtAuthzArgs, policies: &std::path::Path) -> anyhow::Result
         "--state-file".into(),
         args.state_file.as_os_str().to_owned(),
     ];
+    argv.extend(args.audit_rotation.to_serve_args());
     if args.audit_stdout {
         argv.push("--audit-stdout".into());
     }
@@ -182,7 +186,7 @@ pub async fn run_ext_authz(
                 url,
                 args.decision_api_key_file.as_deref(),
                 Duration::from_millis(args.decision_timeout_ms),
-                &args.audit_file,
+                &args.audit_rotation.file_sink(&args.audit_file),
                 args.audit_stdout,
             )?;
             (Arc::new(remote), audit)
@@ -276,6 +280,33 @@ mod tests {
             ])
             .is_err(),
             "in-process and remote exclude each other"
+        );
+    }
+
+    #[test]
+    fn audit_rotation_reaches_the_in_process_decision_service() {
+        let w = Wrapper::try_parse_from([
+            "ext-authz",
+            "--api-keys",
+            "keys.yaml",
+            "--policies",
+            "p",
+            "--audit-max-mib",
+            "7",
+            "--audit-keep-files",
+            "2",
+            "--audit-stdout",
+        ])
+        .expect("parses");
+        let serve = serve_args(&w.args, std::path::Path::new("p")).expect("serve flags");
+        assert_eq!(serve.audit_file, w.args.audit_file);
+        assert_eq!(serve.audit_rotation.audit_max_mib, 7);
+        assert_eq!(serve.audit_rotation.audit_keep_files, Some(2));
+        assert!(serve.audit_stdout);
+        let sink = w.args.audit_rotation.file_sink(&w.args.audit_file);
+        assert_eq!(
+            (sink.max_bytes, sink.max_rotated_files),
+            (7 * 1024 * 1024, Some(2))
         );
     }
 

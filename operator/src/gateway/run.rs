@@ -174,6 +174,9 @@ pub struct GatewayArgs {
         default_value = "overseer-gateway-audit.jsonl"
     )]
     pub audit_file: PathBuf,
+    /// When the audit file is rotated, and how many rotated files are kept.
+    #[command(flatten)]
+    pub audit_rotation: crate::decision::standalone::AuditRotationArgs,
     /// In-process mode: file the rate-limit and budget counters are persisted to.
     #[arg(long, default_value = "overseer-gateway-limits.json")]
     pub state_file: PathBuf,
@@ -226,7 +229,10 @@ fn serve_args(args: &GatewayArgs, policies: &Path) -> anyhow::Result<ServeArgs> 
         "--state-file".into(),
         args.state_file.as_os_str().to_owned(),
     ];
-    let argv: Vec<OsString> = argv.into_iter().collect();
+    let argv: Vec<OsString> = argv
+        .into_iter()
+        .chain(args.audit_rotation.to_serve_args())
+        .collect();
     Ok(ServeWrapper::try_parse_from(argv)
         .context("cannot set up the in-process decision service")?
         .serve)
@@ -283,7 +289,7 @@ pub async fn run_gateway(
                 url,
                 args.decision_api_key_file.as_deref(),
                 deadline,
-                &args.audit_file,
+                &args.audit_rotation.file_sink(&args.audit_file),
                 false,
             )?;
             match &args.policies {
@@ -448,7 +454,7 @@ pub(crate) fn remote_decider(
     url: &str,
     key_file: Option<&Path>,
     deadline: Duration,
-    audit_file: &Path,
+    audit_file: &FileSinkConfig,
     stdout: bool,
 ) -> anyhow::Result<(RemoteDecider, Arc<AuditLog>)> {
     let key = match key_file {
@@ -462,11 +468,11 @@ pub(crate) fn remote_decider(
     };
     let audit = Arc::new(
         AuditLog::open(AuditConfig {
-            file: Some(FileSinkConfig::new(audit_file)),
+            file: Some(audit_file.clone()),
             stdout,
             ..AuditConfig::default()
         })
-        .with_context(|| format!("cannot open {}", audit_file.display()))?,
+        .with_context(|| format!("cannot open {}", audit_file.path.display()))?,
     );
     let remote = RemoteDecider::new(url, key.as_deref(), deadline)?.with_audit(Arc::clone(&audit));
     Ok((remote, audit))
@@ -734,5 +740,42 @@ mod tests {
             parse(&["--token-review", "--decision-api-keys", "approvers.yaml"]).expect("parses");
         let serve = serve_args(&args, Path::new("policies")).expect("serve flags");
         assert_eq!(serve.api_keys, Some(PathBuf::from("approvers.yaml")));
+    }
+
+    #[test]
+    fn audit_rotation_reaches_the_in_process_decision_service() {
+        let keys = ["--api-keys", "keys.yaml"];
+        let args = parse(&keys).expect("parses");
+        let sink = args.audit_rotation.file_sink(&args.audit_file);
+        assert_eq!(sink.max_bytes, 100 * 1024 * 1024);
+        assert_eq!(
+            sink.max_rotated_files, None,
+            "every rotated file is kept by default"
+        );
+        let serve = serve_args(&args, Path::new("policies")).expect("serve flags");
+        assert_eq!(serve.audit_rotation.audit_keep_files, None);
+
+        let args = parse(
+            &[
+                &keys[..],
+                &["--audit-max-mib", "5", "--audit-keep-files", "3"],
+            ]
+            .concat(),
+        )
+        .expect("parses");
+        let sink = args.audit_rotation.file_sink(&args.audit_file);
+        assert_eq!(sink.path, args.audit_file);
+        assert_eq!(sink.max_bytes, 5 * 1024 * 1024);
+        assert_eq!(sink.max_rotated_files, Some(3));
+        // In-process mode: the decision service writes the same file with the same rotation.
+        let serve = serve_args(&args, Path::new("policies")).expect("serve flags");
+        assert_eq!(serve.audit_file, args.audit_file);
+        assert_eq!(serve.audit_rotation.audit_max_mib, 5);
+        assert_eq!(serve.audit_rotation.audit_keep_files, Some(3));
+
+        for bad in [["--audit-keep-files", "0"], ["--audit-max-mib", "0"]] {
+            let err = parse(&[&keys[..], &bad[..]].concat()).expect_err("out of range");
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
     }
 }
