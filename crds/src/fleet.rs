@@ -65,7 +65,7 @@ pub struct FleetClusterSpec {
     pub paused: bool,
     /// How often the hub checks the cluster (Go duration). Defaults to `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub heartbeat_period: Option<Duration>,
 }
 
@@ -206,6 +206,7 @@ pub struct ConfigMapSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.url.startsWith('https://') || self.url.startsWith('http://') || self.url.startsWith('ssh://')").message("url must be an https://, http:// or ssh:// URL"))]
+#[x_kube(validation = Rule::new("!has(self.interval) || (duration(self.interval) >= duration('10s') && duration(self.interval) <= duration('24h'))").message("interval must be a duration between 10s and 24h"))]
 pub struct GitSource {
     /// Repository URL.
     #[schemars(length(min = 1, max = 2048))]
@@ -225,7 +226,7 @@ pub struct GitSource {
     pub secret_ref: Option<String>,
     /// How often to look for a new commit (Go duration). Defaults to `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub interval: Option<Duration>,
 }
 
@@ -333,13 +334,14 @@ pub struct Stage {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type != 'TimedWait' || has(self.waitTime)").message("a TimedWait task needs waitTime"))]
+#[x_kube(validation = Rule::new("!has(self.waitTime) || (duration(self.waitTime) >= duration('0s') && duration(self.waitTime) <= duration('720h'))").message("waitTime must be a duration between 0s and 720h"))]
 pub struct StageTask {
     /// `Approval` (a `FleetApproval` must be approved) or `TimedWait`.
     #[serde(rename = "type")]
     pub type_: StageTaskType,
     /// How long a `TimedWait` waits (Go duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub wait_time: Option<Duration>,
 }
 
@@ -353,8 +355,10 @@ pub enum StageTaskType {
 }
 
 /// The health gate of a stage.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minBakeTime) || (duration(self.minBakeTime) >= duration('0s') && duration(self.minBakeTime) <= duration('168h'))").message("minBakeTime must be a duration between 0s and 168h"))]
+#[x_kube(validation = Rule::new("!has(self.timeout) || (duration(self.timeout) >= duration('1s') && duration(self.timeout) <= duration('720h'))").message("timeout must be a duration between 1s and 720h"))]
 pub struct StageGate {
     /// Require every applied object healthy by kstatus rules (Deployment, StatefulSet, DaemonSet,
     /// Job, and a `Ready` condition for other kinds, Overseer's included). Defaults to `true`.
@@ -367,12 +371,12 @@ pub struct StageGate {
     /// How long the gate must hold without interruption before the stage passes (Go duration). A
     /// flap restarts the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub min_bake_time: Option<Duration>,
     /// How long the stage may take to pass its gate before it fails (Go duration). Defaults to
     /// `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub timeout: Option<Duration>,
 }
 
@@ -480,8 +484,9 @@ pub enum JsonPatchOpKind {
 }
 
 /// How objects are written to member clusters.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.driftCheckInterval) || (duration(self.driftCheckInterval) >= duration('10s') && duration(self.driftCheckInterval) <= duration('24h'))").message("driftCheckInterval must be a duration between 10s and 24h"))]
 pub struct ApplyStrategy {
     /// Delete objects that left the source (only objects Overseer applied). Defaults to `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -492,7 +497,7 @@ pub struct ApplyStrategy {
     /// How often members are checked for drift once a rollout has finished (Go duration). Defaults
     /// to `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub drift_check_interval: Option<Duration>,
 }
 

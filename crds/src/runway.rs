@@ -274,6 +274,7 @@ pub struct GatewayRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type != 'Canary' || (has(self.canarySteps) && size(self.canarySteps) > 0)").message("the Canary strategy needs at least one canarySteps entry"))]
+#[x_kube(validation = Rule::new("!has(self.progressDeadline) || (duration(self.progressDeadline) >= duration('1s') && duration(self.progressDeadline) <= duration('168h'))").message("progressDeadline must be a duration between 1s and 168h"))]
 pub struct SwitchStrategy {
     /// `BlueGreen` (default): the candidate runs next to the active revision and takes all traffic
     /// once ready. `Recreate`: the active revision is scaled down first (for clusters without spare
@@ -290,7 +291,7 @@ pub struct SwitchStrategy {
     /// How long a candidate may take to become ready before the switch fails (Go duration).
     /// Defaults to `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub progress_deadline: Option<Duration>,
     /// What happens to a failed candidate: `Delete` (default) or `Keep` for debugging.
     #[serde(default)]
@@ -308,14 +309,15 @@ pub enum SwitchType {
 }
 
 /// One canary step.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.pause) >= duration('0s') && duration(self.pause) <= duration('168h')").message("pause must be a duration between 0s and 168h"))]
 pub struct CanaryStep {
     /// Percentage of traffic sent to the candidate.
     #[schemars(range(min = 1, max = 100))]
     pub weight: i32,
     /// How long to hold this step before the next (Go duration).
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
     pub pause: Duration,
 }
 

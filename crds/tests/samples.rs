@@ -160,3 +160,60 @@ fn invalid_samples_fail_with_the_expected_message() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every Go-duration field is range-checked by a CEL rule, so the API server refuses a value the
+/// operator could not read: kube's `Duration` parser panics on an inner negative piece (`1h-1m`)
+/// and on overflow, and one such object would stop the controller that watches its kind.
+#[test]
+fn every_duration_field_refuses_what_the_operator_cannot_read() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "ephemeralidentityclass/ops-deploy.yaml",
+            &["/spec/maxTtl", "/spec/defaultTtl", "/spec/recordRetention"],
+        ),
+        (
+            "fleetrollout/platform-from-git.yaml",
+            &["/spec/source/git/interval"],
+        ),
+        (
+            "fleetrollout/agents-three-stages.yaml",
+            &[
+                "/spec/stages/0/gate/minBakeTime",
+                "/spec/stages/0/gate/timeout",
+                "/spec/stages/2/afterTasks/0/waitTime",
+                "/spec/applyStrategy/driftCheckInterval",
+            ],
+        ),
+        (
+            "inferenceruntime/llm-d-disaggregated.yaml",
+            &[
+                "/spec/switchStrategy/progressDeadline",
+                "/spec/switchStrategy/canarySteps/0/pause",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (file, pointers) in cases {
+        let (_, object) = load(&examples_dir().join(file));
+        let crd = parse_typed(&object).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let validator = CrdValidator::new(&crd, None).expect("our CRDs compile");
+        assert!(
+            validator.errors(&object).is_empty(),
+            "{file} is valid as it is"
+        );
+        for pointer in *pointers {
+            for bad in ["1h-1m", "99999999999999999999h", "-5m"] {
+                let mut changed = object.clone();
+                let (parent, field) = pointer.rsplit_once('/').expect("a field");
+                let Some(Value::Object(map)) = changed.pointer_mut(parent) else {
+                    panic!("{file}: no object at {parent}");
+                };
+                map.insert(field.to_owned(), Value::from(bad));
+                if validator.errors(&changed).is_empty() {
+                    failures.push(format!("{file}: {pointer} = {bad:?} is accepted"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
