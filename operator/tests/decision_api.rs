@@ -40,7 +40,9 @@ spec:
 const KEYS: &str = r#"
 keys:
   - {name: gateway, role: gateway, key: "gateway-key-0123456789"}
-  - {name: finance-bot, role: agent, agent: finance-bot, key: "finance-key-0123456789"}
+  - {name: finance-bot, role: agent, agent: finance-bot, namespace: agents, key: "finance-key-0123456789"}
+  - {name: other-bot, role: agent, agent: other-bot, namespace: agents, key: "other-bot-key-0123456789"}
+  - {name: loose-bot, role: agent, agent: loose-bot, key: "loose-bot-key-0123456789"}
   - {name: alice, role: approver, key: "alice-key-0123456789ab"}
   - {name: mallory, role: approver, key: "mallory-key-0123456789"}
 "#;
@@ -245,6 +247,140 @@ async fn agents_may_only_ask_for_themselves() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_agent_key_cannot_borrow_another_namespace_account_or_identity() {
+    let f = fixture();
+    let finance = Some("finance-key-0123456789");
+    // The key's namespace is filled in, so its namespace's policies govern it.
+    let body = json!({"principal": {"id": "finance-bot"}, "tool": "read_x"}).to_string();
+    let (status, allow) = call(&f, "POST", "/v1/decisions", finance, body).await;
+    assert_eq!(status, StatusCode::OK, "{allow}");
+    assert_eq!(allow["decision"], "allow", "{allow}");
+    // Everything it could use to be governed by other policies is refused.
+    for (principal, says) in [
+        (
+            json!({"id": "finance-bot", "namespace": "payments"}),
+            "principal.namespace \"payments\" is not its own",
+        ),
+        (
+            json!({"id": "finance-bot", "serviceAccount": "payments-admin"}),
+            "principal.serviceAccount",
+        ),
+        (
+            json!({"id": "finance-bot", "ephemeralIdentity": "task-42"}),
+            "principal.ephemeralIdentity",
+        ),
+        (
+            json!({"id": "finance-bot", "labels": {"tier": "trusted"}}),
+            "principal.labels",
+        ),
+        (
+            json!({"id": "finance-bot", "spiffeId": "spiffe://x/y"}),
+            "principal.spiffeId",
+        ),
+        (
+            json!({"id": "finance-bot", "kind": "ServiceAccount"}),
+            "principal.kind",
+        ),
+    ] {
+        let body = json!({"principal": principal, "tool": "read_x"}).to_string();
+        let (status, err) = call(&f, "POST", "/v1/decisions", finance, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{principal}: {err}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{principal}: {err}"
+        );
+    }
+    // A key without a namespace may not name one: it would pick its own policies.
+    let body = json!({"principal": {"id": "loose-bot", "namespace": "agents"}, "tool": "read_x"})
+        .to_string();
+    let (status, err) = call(
+        &f,
+        "POST",
+        "/v1/decisions",
+        Some("loose-bot-key-0123456789"),
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("add `namespace: agents`")),
+        "{err}"
+    );
+    let refused = audit_lines(&f)
+        .iter()
+        .filter(|r| r["result"] == "deny")
+        .count();
+    assert_eq!(refused, 7, "every refusal is audited");
+}
+
+#[tokio::test]
+async fn an_agent_commits_and_reads_only_its_own() {
+    let f = fixture();
+    let finance = Some("finance-key-0123456789");
+    let other = Some("other-bot-key-0123456789");
+    let body = json!({"principal": {"id": "finance-bot"}, "tool": "read_x", "usageEstimate": {"tokens": 100}}).to_string();
+    let (_, allow) = call(&f, "POST", "/v1/decisions", finance, body).await;
+    assert_eq!(allow["decision"], "allow", "{allow}");
+    // Another agent naming this decision cannot spend finance-bot's budget.
+    let usage = json!({"decisionId": allow["decisionId"], "tokens": 900}).to_string();
+    let (status, err) = call(&f, "POST", "/v1/usage", other, usage).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("its own usage")),
+        "{err}"
+    );
+    // The agent itself can.
+    let usage = json!({"decisionId": allow["decisionId"], "tokens": 40}).to_string();
+    let (status, report) = call(&f, "POST", "/v1/usage", finance, usage).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["adjusted"], 1);
+
+    // An approval is visible to its agent, approvers and gateways — not to another agent.
+    let (_, pending) = call(&f, "POST", "/v1/decisions", finance, request("pay")).await;
+    let id = pending["approval"]["id"]
+        .as_str()
+        .expect("approval id")
+        .to_owned();
+    let path = format!("/v1/approvals/{id}");
+    for (key, status) in [
+        (finance, StatusCode::OK),
+        (Some("alice-key-0123456789ab"), StatusCode::OK),
+        (GATEWAY, StatusCode::OK),
+        (other, StatusCode::NOT_FOUND),
+    ] {
+        let (got, body) = call(&f, "GET", &path, key, Body::empty()).await;
+        assert_eq!(got, status, "{key:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_or_an_unreadable_path_gets_a_json_4xx() {
+    let f = fixture();
+    let (status, err) = call(&f, "GET", "/v1/decisions", GATEWAY, Body::empty()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{err}");
+    assert_eq!(err["code"], "method_not_allowed");
+    let (status, err) = call(&f, "GET", "/v1/approvals/%FF", GATEWAY, Body::empty()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["code"], "invalid_request");
+    let (status, err) = call(
+        &f,
+        "POST",
+        "/v1/approvals/%FF/review",
+        Some("alice-key-0123456789ab"),
+        r#"{"verdict":"Approve"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    // Authentication comes first: no key, no hint about the path.
+    let (status, err) = call(&f, "GET", "/v1/approvals/%FF", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
 }
 
 #[tokio::test]

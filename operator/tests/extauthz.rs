@@ -591,3 +591,156 @@ async fn a_decision_service_slower_than_the_deadline_denies_with_a_distinct_reas
     );
     hold.abort();
 }
+
+/// `request` with its `content-type` header replaced.
+fn with_content_type(mut request: CheckRequest, content_type: &str) -> CheckRequest {
+    if let Some(http) = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.headers
+            .insert("content-type".into(), content_type.into());
+    }
+    request
+}
+
+#[tokio::test]
+async fn variants_of_an_mcp_path_are_decided_as_mcp_and_other_methods_on_it_are_denied() {
+    let mut f = fixture().await;
+    let paths = ["/MCP", "/mcp;x", "/mcp/", "/%6dcp", "//mcp", "/x/../mcp"];
+    for path in paths {
+        // Decided as the tool in the body (denied by policy), not as "POST <path>".
+        let response = check(
+            &mut f,
+            check_request(
+                "POST",
+                path,
+                Some(AGENT_KEY),
+                &tool_call(9, "drop_users", json!({})),
+                false,
+            ),
+        )
+        .await;
+        let (status, headers, body) = denied(&response);
+        assert_eq!(status, 403, "{path}");
+        assert!(
+            headers["x-overseer-reasons"].contains("never drop tables"),
+            "{path}: {headers:?}"
+        );
+        assert_eq!(body["id"], 9, "{path}: a JSON-RPC error: {body}");
+        assert_eq!(body["error"]["code"], -32001, "{path}");
+    }
+    let methods = ["PUT", "PATCH", "HEAD", "OPTIONS", "TRACE"];
+    for method in methods {
+        let response = check(
+            &mut f,
+            check_request(method, "/Mcp/", Some(AGENT_KEY), "", false),
+        )
+        .await;
+        assert_eq!(code(&response), tonic::Code::InvalidArgument as i32);
+        let (status, headers, body) = denied(&response);
+        assert_eq!(status, 405, "{method}");
+        assert!(
+            headers["x-overseer-reasons"].contains(method),
+            "{headers:?}"
+        );
+        assert_eq!(body["error"]["data"]["code"], "method_not_allowed");
+    }
+    // GET and DELETE (the SSE stream, the end of a session) still pass on a variant.
+    allowed(
+        &check(
+            &mut f,
+            check_request("GET", "/MCP/", Some(AGENT_KEY), "", false),
+        )
+        .await,
+    );
+    let records = audit_records(&f);
+    let tools: Vec<&str> = records[..paths.len()]
+        .iter()
+        .filter_map(|r| r["input"]["tool"].as_str())
+        .collect();
+    assert_eq!(tools, ["drop_users"; 6]);
+    assert!(
+        records[paths.len()..paths.len() + methods.len()]
+            .iter()
+            .all(|r| r["result"] == "malformed")
+    );
+}
+
+#[tokio::test]
+async fn a_body_another_parser_could_read_differently_is_denied() {
+    let mut f = fixture().await;
+    // Read as UTF-8 a ping (passed without a decision); read as UTF-7, as a TypeScript server
+    // honouring the charset would, a tools/call of drop_users (`+ACIALAAi-` is `","`).
+    let smuggled = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"name":"drop_users","arguments":{}},"x":"+ACIALAAi-method+ACIAOgAi-tools/call"}"#;
+    let content_types = [
+        "application/json; charset=utf-7",
+        "application/json;charset=\"UTF-7\"",
+        "text/plain",
+        "application/json,application/json; charset=utf-7",
+    ];
+    for content_type in content_types {
+        let request = with_content_type(
+            check_request("POST", "/mcp", Some(AGENT_KEY), smuggled, false),
+            content_type,
+        );
+        let (status, headers, body) = denied(&check(&mut f, request).await);
+        assert_eq!(status, 415, "{content_type}");
+        assert!(
+            headers["x-overseer-reasons"].contains("application/json"),
+            "{headers:?}"
+        );
+        assert_eq!(body["error"]["code"], -32600);
+        assert_eq!(body["error"]["data"]["code"], "unsupported_media_type");
+    }
+    // UTF-8, spelled any way RFC 9110 allows, is read.
+    let request = with_content_type(
+        check_request(
+            "POST",
+            "/mcp",
+            Some(AGENT_KEY),
+            &tool_call(2, "read_ledger", json!({})),
+            false,
+        ),
+        "Application/JSON ; charset=\"utf-8\"",
+    );
+    allowed(&check(&mut f, request).await);
+
+    // Member names equal after case folding: one parser's tool is not another's.
+    let colliding = [
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"read_ledger","Name":"drop_users","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping","Method":"tools/call","params":{"name":"drop_users"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping","method":"tools/call","params":{"name":"drop_users"}}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"read_ledger\",\"arguments\":{\"\u{212A}ey\":1,\"key\":2}}}",
+    ];
+    for body in colliding {
+        let (status, _, error) = denied(&mcp(&mut f, body).await);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(error["error"]["code"], -32600, "{body}");
+        assert_eq!(
+            error["error"]["data"]["code"], "colliding_members",
+            "{body}"
+        );
+    }
+    let records = audit_records(&f);
+    let results: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["result"].as_str())
+        .collect();
+    assert_eq!(
+        results,
+        [
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed",
+            "allow",
+            "malformed",
+            "malformed",
+            "malformed",
+            "malformed"
+        ]
+    );
+}

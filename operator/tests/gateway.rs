@@ -130,12 +130,7 @@ async fn fake_mcp(
             )
                 .into_response()
         }
-        Some("tools/list") => sse(&json!({"jsonrpc":"2.0","id":id,"result":{"tools":[
-            {"name":"echo","inputSchema":{"type":"object"}},
-            {"name":"refund","inputSchema":{"type":"object"}},
-            {"name":"delete_all","inputSchema":{"type":"object"}},
-            {"name":"shell","inputSchema":{"type":"object"}}
-        ]}})),
+        Some("tools/list") => tools_list(&msg, id),
         Some("tools/call") => {
             if msg.pointer("/params/name") == Some(&json!("slow")) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -161,6 +156,62 @@ async fn fake_mcp(
         )
             .into_response(),
         None => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+/// The fake server's answer to `tools/list`: an SSE stream listing four tools, or, as
+/// `params.cursor` asks, an answer the gateway must still filter or withhold.
+fn tools_list(msg: &Value, id: Value) -> Response {
+    let tools = json!([
+        {"name":"echo","inputSchema":{"type":"object"}},
+        {"name":"refund","inputSchema":{"type":"object"}},
+        {"name":"delete_all","inputSchema":{"type":"object"}},
+        {"name":"shell","inputSchema":{"type":"object"}}
+    ]);
+    let answer = |id: Value| json!({"jsonrpc":"2.0","id":id,"result":{"tools":tools}});
+    let typed = |content_type: &'static str, body: String| {
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    };
+    match msg.pointer("/params/cursor").and_then(Value::as_str) {
+        // The id as an integer (the request's was `1.0`).
+        Some("integer-id") => typed(
+            "application/json",
+            answer(json!(id.as_f64().map_or(0, |f| f as i64))).to_string(),
+        ),
+        // A content type in capitals, with a parameter.
+        Some("sse-params") => typed(
+            "Text/Event-Stream; charset=UTF-8",
+            format!("event: message\ndata: {}\n\n", answer(id)),
+        ),
+        // A second list, under another id, in the same stream.
+        Some("two-lists") => typed(
+            "text/event-stream",
+            format!(
+                "data: {}\n\ndata: {}\n\n",
+                answer(json!("other")),
+                answer(id)
+            ),
+        ),
+        // Not an answer to this request.
+        Some("other-id") => sse(&answer(json!("not-the-request"))),
+        Some("not-json") => typed("text/event-stream", format!("data: {{\"id\":{id},\n\n")),
+        Some("octet-stream") => typed("application/octet-stream", answer(id).to_string()),
+        Some("no-type") => Response::new(Body::from(answer(id).to_string())),
+        Some("encoded") => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            answer(id).to_string(),
+        )
+            .into_response(),
+        Some("case-variant") => typed(
+            "application/json",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[]}},"Result":{{"tools":{tools}}}}}"#
+            ),
+        ),
+        _ => sse(&answer(id)),
     }
 }
 
@@ -280,17 +331,11 @@ impl Answer {
     }
 }
 
-async fn send(
-    f: &Fixture,
-    method: Method,
-    key: Option<&str>,
-    session: Option<&str>,
-    body: impl Into<Body>,
-) -> Answer {
+/// A request to `/mcp/fake` as an agent's client sends it (JSON, the protocol version).
+fn request_to(method: Method, key: Option<&str>, session: Option<&str>) -> http::request::Builder {
     let mut request = Request::builder()
         .method(method)
         .uri("/mcp/fake")
-        .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-06-18");
     if let Some(k) = key {
@@ -299,15 +344,28 @@ async fn send(
     if let Some(s) = session {
         request = request.header("mcp-session-id", s);
     }
-    let response = tokio::time::timeout(
-        Duration::from_secs(10),
-        f.app
-            .clone()
-            .oneshot(request.body(body.into()).expect("request")),
-    )
-    .await
-    .expect("in time")
-    .expect("response");
+    request
+}
+
+async fn send(
+    f: &Fixture,
+    method: Method,
+    key: Option<&str>,
+    session: Option<&str>,
+    body: impl Into<Body>,
+) -> Answer {
+    let request = request_to(method, key, session)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .expect("request");
+    send_request(f, request).await
+}
+
+async fn send_request(f: &Fixture, request: Request<Body>) -> Answer {
+    let response = tokio::time::timeout(Duration::from_secs(10), f.app.clone().oneshot(request))
+        .await
+        .expect("in time")
+        .expect("response");
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = to_bytes(response.into_body(), usize::MAX)
@@ -1118,4 +1176,350 @@ upstreams:
         );
         assert!(!err.contains("PRIVATE KEY-----\n"), "{err}");
     }
+}
+
+/// The body of the request the fake server saw last, and its headers.
+fn last_seen(f: &Fixture) -> (Option<Bytes>, HeaderMap) {
+    f.seen
+        .lock()
+        .map(|s| {
+            (
+                s.bodies.last().cloned(),
+                s.headers.last().cloned().unwrap_or_default(),
+            )
+        })
+        .expect("seen")
+}
+
+fn seen_count(f: &Fixture) -> usize {
+    f.seen.lock().map(|s| s.bodies.len()).unwrap_or(0)
+}
+
+/// A POST to `/mcp/fake` as agent A in session `sid` with `content_type` (none when `None`).
+async fn post_typed(f: &Fixture, sid: &str, content_type: Option<&str>, body: &str) -> Answer {
+    let mut request = request_to(Method::POST, Some(A), Some(sid));
+    if let Some(ct) = content_type {
+        request = request.header(header::CONTENT_TYPE, ct);
+    }
+    send_request(
+        f,
+        request.body(Body::from(body.to_owned())).expect("request"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_body_in_another_charset_is_refused_and_the_upstream_gets_exactly_application_json() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let before = seen_count(&f);
+    // Read as UTF-8 this is a ping; read as UTF-7 (as the TypeScript SDK would, honouring the
+    // charset) `+ACIALAAi-` is `","` and `+ACIAOgAi-` is `":"`, so the message ends with a second
+    // "method":"tools/call" that wins, and delete_all would run undecided.
+    let smuggled = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"name":"delete_all","arguments":{}},"x":"+ACIALAAi-method+ACIAOgAi-tools/call"}"#;
+    let cases = [
+        Some("application/json; charset=utf-7"),
+        Some("application/json;charset=\"UTF-7\""),
+        Some("application/json; charset=utf-16"),
+        Some("text/plain"),
+        Some("text/plain; x=application/json"),
+        None,
+    ];
+    for content_type in cases {
+        let a = post_typed(&f, &sid, content_type, smuggled).await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}: {}",
+            a.text
+        );
+        assert_eq!(a.json()["error"]["code"], jsonrpc::INVALID_REQUEST);
+        assert!(
+            a.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("application/json")),
+            "{}",
+            a.text
+        );
+    }
+    // Two Content-Type headers are refused too.
+    let two = request_to(Method::POST, Some(A), Some(&sid))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-7")
+        .body(Body::from(smuggled))
+        .expect("request");
+    assert_eq!(
+        send_request(&f, two).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(seen_count(&f), before, "nothing was forwarded");
+    let refusals = audit_records(&f)
+        .into_iter()
+        .filter(|r| r["result"] == "malformed" && r["path"] == "overseer/gateway")
+        .count();
+    assert_eq!(refusals, cases.len() + 1, "each refusal is audited");
+
+    // UTF-8 JSON however it is spelled is accepted, and the upstream is told exactly
+    // `application/json`: what it decodes is what was decided.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON ; Charset=\"UTF-8\"",
+    ] {
+        let raw = call(2, "echo", json!({"text":"t"})).to_string();
+        let a = post_typed(&f, &sid, Some(content_type), &raw).await;
+        assert_eq!(a.status, StatusCode::OK, "{content_type}: {}", a.text);
+        let (body, headers) = last_seen(&f);
+        assert_eq!(body.as_deref(), Some(raw.as_bytes()));
+        let types: Vec<_> = headers.get_all(header::CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["application/json"], "{content_type}");
+    }
+}
+
+#[tokio::test]
+async fn member_names_that_collide_under_case_folding_are_refused_before_any_decision() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let before = seen_count(&f);
+    let decisions_before = audit_records(&f).len();
+    let cases = [
+        // Decided as echo, run as delete_all by a Go server (case-insensitive, last match wins).
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_all","arguments":{}}}"#,
+        // A ping to the gateway, a tools/call to a Go server.
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"delete_all"}}"#,
+        // A tools/call to JavaScript and Python, which keep the last duplicate.
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"delete_all"}}"#,
+        // Unicode folding: ſ (U+017F) is s, K (U+212A) is k; arguments too.
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"na\u{17F}me\":\"x\",\"arguments\":{\"kind\":1,\"\u{212A}ind\":2}}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"kind\":1,\"\u{212A}ind\":2}}}",
+        // Escaped names are the names they decode to.
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","\u004eame":"delete_all"}}"#,
+    ];
+    for body in cases {
+        let a = send(&f, Method::POST, Some(A), Some(&sid), body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.text);
+        assert_eq!(
+            a.json()["error"]["code"],
+            jsonrpc::INVALID_REQUEST,
+            "{body}"
+        );
+    }
+    assert_eq!(seen_count(&f), before, "nothing was forwarded");
+    let records = audit_records(&f);
+    let new = &records[decisions_before..];
+    assert_eq!(new.len(), cases.len(), "each refusal is audited, once");
+    assert!(
+        new.iter()
+            .all(|r| r["result"] == "malformed" && r["input"]["tool"].is_null()),
+        "refused before any decision: {new:?}"
+    );
+    // Distinct names that merely look alike still pass.
+    let ok = send(
+        &f,
+        Method::POST,
+        Some(A),
+        Some(&sid),
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a","text2":"b"}}}"#,
+    )
+    .await;
+    assert_eq!(
+        ok.json()["result"]["content"][0]["text"],
+        "a",
+        "{}",
+        ok.text
+    );
+}
+
+async fn list_names(f: &Fixture, sid: &str, request: Value) -> (Answer, Vec<String>) {
+    let a = rpc(f, A, Some(sid), request).await;
+    let names = jsonrpc::messages_in(
+        a.text.as_bytes(),
+        a.headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"text/event-stream"),
+    )
+    .iter()
+    .flat_map(|m| {
+        m.pointer("/result/tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+    })
+    .collect();
+    (a, names)
+}
+
+#[tokio::test]
+async fn tools_list_answers_are_matched_by_id_value_and_content_type() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    // The request's id is 1.0, the answer's 1: the same id, so the answer is filtered.
+    let (a, names) = list_names(
+        &f,
+        &sid,
+        json!({"jsonrpc":"2.0","id":1.0,"method":"tools/list","params":{"cursor":"integer-id"}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(names, ["echo", "refund"], "{}", a.text);
+    assert_eq!(
+        a.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+    // `Text/Event-Stream; charset=UTF-8` is SSE.
+    let (a, names) = list_names(
+        &f,
+        &sid,
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"sse-params"}}),
+    )
+    .await;
+    assert_eq!(names, ["echo", "refund"], "{}", a.text);
+    assert_eq!(
+        a.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    // Every tool list in the stream is filtered, not only the answer's.
+    let (a, names) = list_names(
+        &f,
+        &sid,
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"cursor":"two-lists"}}),
+    )
+    .await;
+    assert_eq!(names, ["echo", "refund", "echo", "refund"], "{}", a.text);
+    assert!(!a.text.contains("delete_all") && !a.text.contains("shell"));
+}
+
+#[tokio::test]
+async fn a_tools_list_answer_that_cannot_be_filtered_is_withheld() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let before = audit_records(&f).len();
+    let cases = [
+        "other-id",
+        "not-json",
+        "octet-stream",
+        "no-type",
+        "encoded",
+        "case-variant",
+    ];
+    for (n, cursor) in cases.into_iter().enumerate() {
+        let a = rpc(
+            &f,
+            A,
+            Some(&sid),
+            json!({"jsonrpc":"2.0","id":n,"method":"tools/list","params":{"cursor":cursor}}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{cursor}: {}", a.text);
+        let v: Value = serde_json::from_str(&a.text).expect("a JSON-RPC error");
+        assert_eq!(v["id"], n, "{cursor}");
+        assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR, "{cursor}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not be filtered")),
+            "{cursor}: {v}"
+        );
+        assert!(
+            !a.text.contains("delete_all") && !a.text.contains("shell"),
+            "{cursor}: {}",
+            a.text
+        );
+    }
+    let records = audit_records(&f);
+    assert_eq!(records.len(), before + cases.len(), "each is audited");
+    assert!(records[before..].iter().all(|r| r["result"] == "deny"));
+}
+
+#[tokio::test]
+async fn accept_encoding_and_last_event_id_never_reach_the_upstream() {
+    let f = fixture().await;
+    let sid = initialize(&f, A).await;
+    let get = request_to(Method::GET, Some(A), Some(&sid))
+        .header("last-event-id", "stream-1:42")
+        .header(header::ACCEPT_ENCODING, "gzip, br")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send_request(&f, get).await.status, StatusCode::OK);
+    let (_, headers) = last_seen(&f);
+    assert!(!headers.contains_key("last-event-id"), "{headers:?}");
+    assert!(
+        !headers.contains_key(header::ACCEPT_ENCODING),
+        "{headers:?}"
+    );
+    assert!(
+        !headers.contains_key(header::CONTENT_TYPE),
+        "a GET has no body: {headers:?}"
+    );
+    let list = request_to(Method::POST, Some(A), Some(&sid))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .body(Body::from(
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}).to_string(),
+        ))
+        .expect("request");
+    let a = send_request(&f, list).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let (_, headers) = last_seen(&f);
+    assert!(
+        !headers.contains_key(header::ACCEPT_ENCODING),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_carries_one_visible_ascii_session_id_and_that_one_is_forwarded() {
+    let f = fixture().await;
+    let mine = initialize(&f, A).await;
+    let theirs = initialize(&f, B).await;
+    let before = seen_count(&f);
+    let body = call(1, "echo", json!({"text":"x"})).to_string();
+    // Two values: the first (A's own) would be checked, and the second (B's) used upstream.
+    let two = request_to(Method::POST, Some(A), Some(&mine))
+        .header("mcp-session-id", theirs.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.clone()))
+        .expect("request");
+    let a = send_request(&f, two).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(a.json()["error"]["code"], jsonrpc::INVALID_REQUEST);
+    // Not visible ASCII: never checked against the sessions before, yet forwarded.
+    for bad in [&b"sess-1\xe9"[..], b"sess 1", b"sess-1\t"] {
+        let value = http::HeaderValue::from_bytes(bad).expect("a header value");
+        for method in [Method::POST, Method::GET, Method::DELETE] {
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri("/mcp/fake")
+                .header(header::AUTHORIZATION, format!("Bearer {A}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("mcp-session-id", value.clone());
+            if method != Method::POST {
+                request = request.header(header::ACCEPT, "text/event-stream");
+            }
+            let body = if method == Method::POST {
+                Body::from(body.clone())
+            } else {
+                Body::empty()
+            };
+            let a = send_request(&f, request.body(body).expect("request")).await;
+            assert_eq!(
+                a.status,
+                StatusCode::BAD_REQUEST,
+                "{method} {bad:?}: {}",
+                a.text
+            );
+        }
+    }
+    assert_eq!(seen_count(&f), before, "nothing was forwarded");
+    // One good value: forwarded, alone.
+    let a = rpc(&f, A, Some(&mine), call(2, "echo", json!({"text":"y"}))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let (_, headers) = last_seen(&f);
+    let sent: Vec<_> = headers.get_all("mcp-session-id").iter().collect();
+    assert_eq!(sent, [mine.as_str()]);
+    let refusals = audit_records(&f)
+        .into_iter()
+        .filter(|r| r["result"] == "malformed")
+        .count();
+    assert_eq!(refusals, 1 + 3 * 3, "each refusal is audited");
 }

@@ -78,6 +78,9 @@ pub enum UsageError {
     /// The limits state refused the commit.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// The committer is not the principal the decision was made for.
+    #[error("decision {0} was made for another principal; an agent may only commit its own usage")]
+    NotYours(Uuid),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +114,8 @@ impl Charges {
 
 #[derive(Debug, Default)]
 struct ReservationMap {
-    map: HashMap<Uuid, ReservationId>,
+    /// Decision id → its reservation and the id of the principal it was made for.
+    map: HashMap<Uuid, (ReservationId, Arc<str>)>,
     order: VecDeque<Uuid>,
 }
 
@@ -283,7 +287,7 @@ impl Engine {
         out
     }
 
-    fn remember_reservation(&self, decision_id: Uuid, id: ReservationId) {
+    fn remember_reservation(&self, decision_id: Uuid, id: ReservationId, principal: &str) {
         let mut r = self
             .reservations
             .lock()
@@ -293,7 +297,7 @@ impl Engine {
         {
             r.map.remove(&old);
         }
-        r.map.insert(decision_id, id);
+        r.map.insert(decision_id, (id, Arc::from(principal)));
         r.order.push_back(decision_id);
     }
 
@@ -367,7 +371,7 @@ impl Engine {
             match self.limits.check_and_charge(&enforce.charges, now) {
                 Ok(res) => {
                     if let Some(id) = res.id {
-                        self.remember_reservation(decision_id, id);
+                        self.remember_reservation(decision_id, id, &req.principal.id);
                     }
                 }
                 Err(ex) => {
@@ -418,7 +422,7 @@ impl Engine {
                 match self.charge_dropping(&mut enforce, now, approval_budget, &mut dropped) {
                     Ok(res) => {
                         if let Some(id) = res {
-                            self.remember_reservation(decision_id, id);
+                            self.remember_reservation(decision_id, id, &req.principal.id);
                         }
                         let reviewer = match &granted.state {
                             ApprovalState::Consumed { reviewer, .. } => reviewer.clone(),
@@ -565,21 +569,38 @@ impl Engine {
         self.approvals.open(approval, now)
     }
 
-    /// Commit the actual usage of an allowed call (reserve → commit).
+    /// Commit the actual usage of an allowed call (reserve → commit), by an enforcement point
+    /// trusted to commit for any principal.
     pub fn commit_usage(
         &self,
         decision_id: Uuid,
         actual: limits::Usage,
         now: DateTime<Utc>,
     ) -> Result<CommitReport, UsageError> {
-        let id = {
+        self.commit_usage_as(decision_id, actual, now, None)
+    }
+
+    /// [`Self::commit_usage`], by `principal` when it is `Some`: the decision must have been made
+    /// for that principal id (decision ids are not secret, so an agent must not be able to spend
+    /// another's budget by naming its decision).
+    pub fn commit_usage_as(
+        &self,
+        decision_id: Uuid,
+        actual: limits::Usage,
+        now: DateTime<Utc>,
+        principal: Option<&str>,
+    ) -> Result<CommitReport, UsageError> {
+        let (id, owner) = {
             let r = self
                 .reservations
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            r.map.get(&decision_id).copied()
+            r.map.get(&decision_id).cloned()
         }
         .ok_or(UsageError::UnknownDecision(decision_id))?;
+        if principal.is_some_and(|p| p != &*owner) {
+            return Err(UsageError::NotYours(decision_id));
+        }
         Ok(self.limits.commit(id, actual, now)?)
     }
 

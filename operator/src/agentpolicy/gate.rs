@@ -241,6 +241,25 @@ impl PrincipalGate for IdentityGate {
     fn check(&self, caller: &Caller, principal: &Principal) -> GateVerdict {
         self.check_at(caller, principal, Utc::now())
     }
+
+    fn complete(&self, caller: &Caller, principal: &mut Principal) {
+        let Some(sa) = caller
+            .service_account
+            .as_ref()
+            .filter(|_| caller.role == crate::decision::auth::Role::Agent)
+        else {
+            return;
+        };
+        let owner = self
+            .by_service_account
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .owner(&sa.namespace, &sa.name);
+        if let Some(owner) = owner {
+            principal.ephemeral_identity = Some(owner);
+            principal.kind = Some(overseer_policy::request::PrincipalKind::EphemeralIdentity);
+        }
+    }
 }
 
 /// The verdict for one identity at `now`.
@@ -352,6 +371,7 @@ mod tests {
             agent: None,
             groups: vec![],
             service_account: None,
+            namespace: None,
         }
     }
 
@@ -422,6 +442,54 @@ mod tests {
             reason(g.check_at(&c, &nowhere, now())),
             Some(GateReason::Denied)
         );
+    }
+
+    #[test]
+    fn a_token_agent_acts_as_its_own_identity_and_cannot_name_another() {
+        let g = gate(vec![
+            identity("live", false, IdentityPhase::Active, LATER),
+            identity("task-42", false, IdentityPhase::Active, LATER),
+        ]);
+        // A plain ServiceAccount may not borrow a live identity by naming it.
+        let plain = token_of("plain-bot");
+        let mut borrowed = Principal {
+            ephemeral_identity: Some("task-42".into()),
+            ..Principal::default()
+        };
+        let err = plain.check_principal(&mut borrowed).expect_err("refused");
+        assert!(err.contains("principal.ephemeralIdentity"), "{err}");
+        // Nor claim another kind.
+        let mut claimed = Principal {
+            kind: Some(overseer_policy::request::PrincipalKind::Agent),
+            ..Principal::default()
+        };
+        assert!(plain.check_principal(&mut claimed).is_err());
+
+        // Its principal is completed from the token: no identity for a plain ServiceAccount...
+        let mut own = Principal::default();
+        plain.check_principal(&mut own).expect("itself");
+        g.complete(&plain, &mut own);
+        assert_eq!(own.ephemeral_identity, None);
+        assert_eq!(
+            own.kind,
+            Some(overseer_policy::request::PrincipalKind::ServiceAccount)
+        );
+        // ... and the identity whose ServiceAccount it is, so the gate and the policies naming
+        // that identity apply to it.
+        let holder = token_of("eid-task-42-0123456789");
+        let mut own = Principal::default();
+        holder.check_principal(&mut own).expect("itself");
+        g.complete(&holder, &mut own);
+        assert_eq!(own.ephemeral_identity.as_deref(), Some("task-42"));
+        assert_eq!(
+            own.kind,
+            Some(overseer_policy::request::PrincipalKind::EphemeralIdentity)
+        );
+        assert_eq!(own.namespace.as_deref(), Some("agents"));
+        // A gateway asserting on an agent's behalf is not completed from its own token.
+        let mut asserted = naming("live");
+        g.complete(&gateway(), &mut asserted);
+        assert_eq!(asserted.ephemeral_identity.as_deref(), Some("live"));
     }
 
     #[test]

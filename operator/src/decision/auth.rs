@@ -1,12 +1,13 @@
 //! Caller authentication: explicit API keys (standalone and in a cluster) and, in a cluster,
 //! Kubernetes tokens checked with the TokenReview API ([`super::tokenreview`]).
 //!
-//! Keys are given in a YAML file of entries `{name, role, sha256 | key, agent?, groups?}`; only
-//! their SHA-256 digests are kept in memory and keys are compared digest to digest in constant
-//! time. A caller presents its key as `Authorization: Bearer <key>`.
+//! Keys are given in a YAML file of entries `{name, role, sha256 | key, agent?, namespace?,
+//! groups?}`; only their SHA-256 digests are kept in memory and keys are compared digest to
+//! digest in constant time. A caller presents its key as `Authorization: Bearer <key>`.
 //!
 //! Roles:
-//! * `agent` — may ask for decisions only for the principal id named by `agent`, and commit usage;
+//! * `agent` — may ask for decisions only for the principal id named by `agent` (in the key's
+//!   `namespace`, if any), and commit its own usage;
 //! * `gateway` — a trusted enforcement point (the MCP gateway, Envoy): may ask for any principal;
 //! * `approver` — may review approvals, as the reviewer `name` with `groups`;
 //! * `admin` — all of the above.
@@ -78,6 +79,8 @@ pub struct Caller {
     /// The ServiceAccount, when the caller authenticated with a ServiceAccount token (for an
     /// `agent`, the principal it may ask for is bound to it; see [`Caller::check_principal`]).
     pub service_account: Option<ServiceAccountRef>,
+    /// For `agent` keys: the principal namespace it is bound to (the key's `namespace`).
+    pub namespace: Option<String>,
 }
 
 impl Caller {
@@ -89,6 +92,7 @@ impl Caller {
             agent: None,
             groups: Vec::new(),
             service_account: None,
+            namespace: None,
         }
     }
 
@@ -103,21 +107,25 @@ impl Caller {
 
     /// Check (and complete) the principal of a decision request this caller asks about.
     ///
-    /// Gateways and admins may ask for any principal. An `agent` API key may ask only for the
-    /// principal id it names. An `agent` authenticated by a ServiceAccount token may ask only for
-    /// itself: the principal's `namespace` and `serviceAccount` must be its own (they are filled
-    /// in when absent), its `id` must be its username (`system:serviceaccount:NS:NAME`, filled in
-    /// when empty), and it may not assert a `spiffeId` or `labels`, which nothing here can
-    /// verify (ask through a gateway for those). `Err` says why the caller may not ask.
+    /// Gateways and admins may ask for any principal. An agent may ask only for itself, and may
+    /// not assert what nothing here can verify (`spiffeId`, `labels`; ask through a gateway for
+    /// those):
+    /// - authenticated by a ServiceAccount token: the principal's `namespace` and
+    ///   `serviceAccount` must be its own (filled in when absent), its `id` its username
+    ///   (`system:serviceaccount:NS:NAME`, filled in when empty), its `kind` `ServiceAccount`
+    ///   (filled in); it may not name an `ephemeralIdentity` — the identity gate ties it to the
+    ///   identity whose ServiceAccount it is;
+    /// - by an `agent` API key: the `id` must be the key's `agent`, the `kind` `Agent` (filled
+    ///   in), the `namespace` the key's `namespace` (filled in when absent; without one in the
+    ///   key, none may be named — only ClusterAgentPolicies govern it), and it may not name a
+    ///   `serviceAccount` or an `ephemeralIdentity`.
+    ///
+    /// `Err` says why the caller may not ask.
     pub fn check_principal(
         &self,
         principal: &mut overseer_policy::request::Principal,
     ) -> Result<(), String> {
-        let Some(sa) = self
-            .service_account
-            .as_ref()
-            .filter(|_| self.role == Role::Agent)
-        else {
+        if self.role != Role::Agent {
             return if self.may_decide_for(&principal.id) {
                 Ok(())
             } else {
@@ -126,7 +134,19 @@ impl Caller {
                     self.name, principal.id
                 ))
             };
-        };
+        }
+        match &self.service_account {
+            Some(sa) => self.check_own_service_account(sa, principal),
+            None => self.check_own_agent_id(principal),
+        }
+    }
+
+    fn check_own_service_account(
+        &self,
+        sa: &ServiceAccountRef,
+        principal: &mut overseer_policy::request::Principal,
+    ) -> Result<(), String> {
+        use overseer_policy::request::PrincipalKind;
         let username = sa.username();
         let refuse = |what: String| {
             Err(format!(
@@ -154,6 +174,24 @@ impl Caller {
                 return refuse(format!("principal.serviceAccount {name:?} is not its own"));
             }
         }
+        match principal.kind {
+            None | Some(PrincipalKind::ServiceAccount) => {
+                principal.kind = Some(PrincipalKind::ServiceAccount);
+            }
+            Some(kind) => {
+                return refuse(format!(
+                    "principal.kind {:?} is not ServiceAccount",
+                    kind.as_str()
+                ));
+            }
+        }
+        if principal.ephemeral_identity.is_some() {
+            return refuse(
+                "it may not name principal.ephemeralIdentity: it acts as the identity whose \
+                 ServiceAccount it is, which the identity gate finds itself"
+                    .into(),
+            );
+        }
         if principal.spiffe_id.is_some() {
             return refuse("it may not assert principal.spiffeId".into());
         }
@@ -161,6 +199,71 @@ impl Caller {
             return refuse("it may not assert principal.labels".into());
         }
         Ok(())
+    }
+
+    fn check_own_agent_id(
+        &self,
+        principal: &mut overseer_policy::request::Principal,
+    ) -> Result<(), String> {
+        use overseer_policy::request::PrincipalKind;
+        let agent = self.agent.as_deref().unwrap_or_default();
+        let refuse = |what: String| {
+            Err(format!(
+                "{} is the API key of agent {agent:?} and may only ask for it: {what}",
+                self.name
+            ))
+        };
+        if agent.is_empty() || principal.id != agent {
+            return refuse(format!("principal.id {:?} is not {agent:?}", principal.id));
+        }
+        match (principal.namespace.as_deref(), self.namespace.as_deref()) {
+            (None, own) => principal.namespace = own.map(str::to_owned),
+            (Some(ns), Some(own)) if ns == own => {}
+            (Some(ns), Some(own)) => {
+                return refuse(format!(
+                    "principal.namespace {ns:?} is not its own ({own:?})"
+                ));
+            }
+            (Some(ns), None) => {
+                return refuse(format!(
+                    "principal.namespace {ns:?}: the key names no namespace; add `namespace: {ns}` \
+                     to its entry in the API key file to let namespaced policies govern it"
+                ));
+            }
+        }
+        match principal.kind {
+            None | Some(PrincipalKind::Agent) => principal.kind = Some(PrincipalKind::Agent),
+            Some(kind) => {
+                return refuse(format!("principal.kind {:?} is not Agent", kind.as_str()));
+            }
+        }
+        let asserted = [
+            ("serviceAccount", principal.service_account.is_some()),
+            ("ephemeralIdentity", principal.ephemeral_identity.is_some()),
+            ("spiffeId", principal.spiffe_id.is_some()),
+            ("labels", !principal.labels.is_empty()),
+        ];
+        if let Some((field, _)) = asserted.iter().find(|(_, set)| *set) {
+            return refuse(format!(
+                "it may not assert principal.{field}, which nothing here can verify (authenticate \
+                 with the ServiceAccount token, or ask through a gateway)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// For an agent, the only principal id it may act as (its API key's `agent`, or its
+    /// ServiceAccount's username); `None` for the other roles, which may act for anyone.
+    pub fn own_principal_id(&self) -> Option<String> {
+        if self.role != Role::Agent {
+            return None;
+        }
+        // An agent with neither is refused everything: an id no principal has.
+        Some(match (&self.service_account, &self.agent) {
+            (Some(sa), _) => sa.username(),
+            (None, Some(agent)) => agent.clone(),
+            (None, None) => String::new(),
+        })
     }
 
     /// Whether it may review approvals.
@@ -181,6 +284,8 @@ struct KeyEntry {
     #[serde(default)]
     agent: Option<String>,
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
     groups: Vec<String>,
 }
 
@@ -195,6 +300,16 @@ struct KeyFile {
 pub struct KeyRecord {
     digest: [u8; 32],
     caller: Caller,
+}
+
+/// A DNS-1123 label, as Kubernetes namespace names are.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Why the key file could not be used.
@@ -307,6 +422,18 @@ impl Authenticator {
             if entry.role == Role::Agent && entry.agent.as_deref().is_none_or(str::is_empty) {
                 return Err(format!("{at}: an agent key must name its agent"));
             }
+            if let Some(ns) = &entry.namespace {
+                if entry.role != Role::Agent {
+                    return Err(format!(
+                        "{at}: namespace is only for agent keys (other roles act for any principal)"
+                    ));
+                }
+                if !is_dns_label(ns) {
+                    return Err(format!(
+                        "{at}: namespace {ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+                    ));
+                }
+            }
             records.push(KeyRecord {
                 digest,
                 caller: Caller {
@@ -315,6 +442,7 @@ impl Authenticator {
                     agent: entry.agent,
                     groups: entry.groups,
                     service_account: None,
+                    namespace: entry.namespace,
                 },
             });
         }

@@ -57,6 +57,12 @@ pub trait PrincipalGate: Send + Sync + Debug {
     /// The verdict for `principal` (as completed by [`Caller::check_principal`]) asked about by
     /// `caller` (whose `service_account` is set when it authenticated with a token).
     fn check(&self, caller: &Caller, principal: &Principal) -> GateVerdict;
+
+    /// Complete `principal` (after [`Caller::check_principal`]) with what the gate knows of the
+    /// caller: an agent that authenticated with the token of an `EphemeralIdentity`'s
+    /// ServiceAccount acts as that identity (`ephemeralIdentity`, `kind: EphemeralIdentity`), so
+    /// policies naming the identity govern it. The default knows nothing.
+    fn complete(&self, _caller: &Caller, _principal: &mut Principal) {}
 }
 
 /// Why a revocation failed.

@@ -1,8 +1,10 @@
 //! The decision service: `POST /v1/decisions` answers allow / deny / require_approval for a tool
 //! call, `POST /v1/usage` commits actual consumption, `/v1/approvals/{id}` shows and reviews
 //! approvals. Every attempt — allowed, denied, sent for approval, malformed or unauthenticated — is
-//! written to the hash-chained audit log before the answer is returned (fail closed: when the
-//! audit log cannot take the record, the answer is a 503 and the call must not run).
+//! queued to the hash-chained audit log before the answer is returned, and written by its writer
+//! thread within `linger` (1 ms) — a crash loses at most what is queued. Fail closed: when the
+//! audit log cannot take the record (within [`AUDIT_QUEUE_WAIT`] when its queue is full), the
+//! answer is a 503 and the call must not run.
 
 pub mod approvals;
 pub mod auth;
@@ -226,7 +228,28 @@ pub fn router(service: Arc<DecisionService>) -> Router {
                 None,
             )
         })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here; see /openapi.json"),
+                None,
+            )
+        })
         .with_state(service)
+}
+
+/// A path's approval id that cannot be read (not UTF-8 once percent-decoded).
+fn bad_approval_id(rejection: &axum::extract::rejection::PathRejection) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        format!(
+            "the approval id in the path cannot be read: {}",
+            rejection.body_text()
+        ),
+        None,
+    )
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -262,15 +285,24 @@ async fn read_json<T: serde::de::DeserializeOwned>(body: Body, what: &str) -> Re
     })
 }
 
+/// Longest a decision waits for room in a full audit queue before it is refused.
+pub const AUDIT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl DecisionService {
-    /// Write one record, waiting (without blocking the runtime) when the queue is full. Never
-    /// drops: an error means the record could not be queued at all.
+    /// Queue one record, waiting (without blocking the runtime) when the queue is full — at most
+    /// [`AUDIT_QUEUE_WAIT`]: a writer stuck on a full or failing disk must not hold every caller
+    /// forever. Never drops a record it answered for: an error means the record was not queued,
+    /// and the attempt is refused (503).
     async fn audit(&self, event: AuditEvent) -> Result<(), String> {
-        let result = self
-            .audit
-            .append_async(event)
+        let result = match tokio::time::timeout(AUDIT_QUEUE_WAIT, self.audit.append_async(event))
             .await
-            .map_err(|e| e.to_string());
+        {
+            Ok(queued) => queued.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "the audit queue stayed full for {}s (is the audit file's disk full or failing?)",
+                AUDIT_QUEUE_WAIT.as_secs()
+            )),
+        };
         self.metrics
             .audit_queue_depth
             .set(i64::try_from(self.audit.queue_depth()).unwrap_or(i64::MAX));
@@ -424,6 +456,9 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
             return audit_failed(m, attempt);
         }
         return error(StatusCode::FORBIDDEN, "forbidden", message, Some(attempt));
+    }
+    if let Some(gate) = &service.gate {
+        gate.complete(&caller, &mut request.principal);
     }
     if let Some(gate) = &service.gate
         && let GateVerdict::Closed { reason, message } = gate.check(&caller, &request.principal)
@@ -709,6 +744,9 @@ async fn permitted_tools(
     if let Err(message) = caller.check_principal(&mut request.principal) {
         return error(StatusCode::FORBIDDEN, "forbidden", message, None);
     }
+    if let Some(gate) = &service.gate {
+        gate.complete(&caller, &mut request.principal);
+    }
     let compiled = service.engine.current();
     // A principal the identity gate shuts out may call nothing.
     let shut_out = service.gate.as_ref().is_some_and(|gate| {
@@ -749,9 +787,11 @@ async fn commit_usage(
         tokens: request.tokens,
         cost_micro_usd: request.cost_micro_usd,
     };
+    // An agent commits only its own decisions' usage; an enforcement point commits anyone's.
+    let own = caller.own_principal_id();
     match service
         .engine
-        .commit_usage(request.decision_id, usage, Utc::now())
+        .commit_usage_as(request.decision_id, usage, Utc::now(), own.as_deref())
     {
         Ok(report) => Json(UsageResponse {
             adjusted: report.adjusted,
@@ -767,18 +807,32 @@ async fn commit_usage(
         Err(e @ UsageError::Commit(_)) => {
             error(StatusCode::CONFLICT, "commit_refused", e.to_string(), None)
         }
+        Err(e @ UsageError::NotYours(_)) => {
+            error(StatusCode::FORBIDDEN, "forbidden", e.to_string(), None)
+        }
     }
 }
 
 async fn get_approval(
     State(service): State<Arc<DecisionService>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    if let Err(e) = service.authenticate(&headers).await {
-        return unauthorized(e, None);
-    }
-    match service.engine.approval(&id, Utc::now()) {
+    let caller = match service.authenticate(&headers).await {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e, None),
+    };
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return bad_approval_id(&e),
+    };
+    // An agent sees only its own approvals (and learns nothing about others': the same 404).
+    let own = caller.own_principal_id();
+    match service
+        .engine
+        .approval(&id, Utc::now())
+        .filter(|a| own.as_deref().is_none_or(|p| p == a.principal_id))
+    {
         Some(approval) => Json(approval).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -800,12 +854,16 @@ pub struct ReviewRequest {
 async fn review_approval(
     State(service): State<Arc<DecisionService>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Body,
 ) -> Response {
     let caller = match service.authenticate(&headers).await {
         Ok(c) => c,
         Err(e) => return unauthorized(e, None),
+    };
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return bad_approval_id(&e),
     };
     if !caller.may_review() {
         return error(

@@ -304,6 +304,7 @@ impl TokenReviewer {
                 agent: None,
                 groups,
                 service_account,
+                namespace: None,
             }),
             None => Reviewed::Refused(AuthError::NoRole(username)),
         }

@@ -10,15 +10,29 @@
 //! | `POST` on an MCP path, another request that acts (`resources/read`, `prompts/get`, `resources/subscribe`, any unknown method) | [`Call::McpMethod`] | the tool named by the method (e.g. `resources/read`) with `params` as the arguments |
 //! | `POST` on an MCP path: `initialize`, `ping`, the `*/list` methods, `logging/setLevel`, `completion/complete`, `notifications/*` and responses | [`Call::McpProtocol`] | not decided: they run nothing; passed for an authenticated agent and audited |
 //! | `GET` / `DELETE` on an MCP path (open the SSE stream, end the session) | [`Call::McpTransport`] | not decided, like the above |
+//! | any other method on an MCP path | a [`Refusal`] | denied (405): MCP's transport has no other |
 //! | anything else | [`Call::Http`] | the tool `"<METHOD> <path>"` (path without the query), target the host |
 //!
 //! MCP tool names cannot contain `/` or spaces, so the names of the last two rows never collide
 //! with a real tool. Requests that cannot be decided are a [`Refusal`].
+//!
+//! Whether a path is an MCP path is told after normalizing it ([`normalize_path`]: no query,
+//! no `;` parameters, unreserved characters percent-decoded, dot segments resolved, `//`
+//! collapsed, no trailing `/`, compared case-insensitively), so that `/MCP`, `/mcp;x`, `/mcp/` or
+//! `/%6dcp` — which a server may well route to its MCP endpoint — are not decided as plain HTTP.
+//! A POST on an MCP path must be `application/json` in UTF-8 and its body must have no object
+//! whose member names collide under case folding ([`crate::gateway::members`]): a server could
+//! otherwise read another message than the one decided.
 
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde_json::{Map, Value};
+
+use crate::gateway::{
+    jsonrpc,
+    members::{self, MemberError},
+};
 
 /// Header Envoy adds to the check request when it forwarded only part of the body
 /// (`allow_partial_message`).
@@ -202,6 +216,17 @@ pub enum Refusal {
     /// `tools/call` params are not what MCP says.
     #[error("invalid tools/call params: {0}")]
     InvalidParams(String),
+    /// A POST on an MCP path whose `Content-Type` is not `application/json` in UTF-8.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// An object of the body has two member names equal after case folding.
+    #[error("the MCP request is refused: {0}")]
+    CollidingMembers(String),
+    /// A method other than POST, GET and DELETE on an MCP path.
+    #[error(
+        "{0} is not a method of MCP's Streamable HTTP transport: only POST, GET and DELETE reach an MCP path"
+    )]
+    MethodNotAllowed(String),
 }
 
 impl Refusal {
@@ -214,7 +239,10 @@ impl Refusal {
             | Self::PartialBody
             | Self::TooLarge { .. }
             | Self::InvalidRequest(_)
-            | Self::Batch => -32600,
+            | Self::Batch
+            | Self::UnsupportedMediaType(_)
+            | Self::CollidingMembers(_)
+            | Self::MethodNotAllowed(_) => -32600,
         }
     }
 
@@ -228,19 +256,72 @@ impl Refusal {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Batch => "batch_not_supported",
             Self::InvalidParams(_) => "invalid_params",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::CollidingMembers(_) => "colliding_members",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 }
 
-/// Whether `path` is one of `mcp_paths` (exactly, or below it).
+/// Whether `path` is one of `mcp_paths` (exactly, or below it), both normalized
+/// ([`normalize_path`]).
 pub fn is_mcp_path(path: &str, mcp_paths: &[String]) -> bool {
+    let path = normalize_path(path);
     mcp_paths.iter().any(|p| {
-        let p = p.trim_end_matches('/');
-        path == p
+        let p = normalize_path(p);
+        p == "/"
             || path
-                .strip_prefix(p)
-                .is_some_and(|rest| rest.starts_with('/') || p.is_empty())
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     })
+}
+
+/// A path as MCP paths are compared: without the query or fragment; without the `;` parameters
+/// of each segment; with percent-encoded unreserved characters (RFC 3986) and slashes decoded
+/// (once: `%252F` stays `%252f`); `.` and `..` segments resolved and empty ones (`//`) dropped;
+/// no trailing `/`; ASCII lower-cased (remaining percent-encodings too). Servers differ in which
+/// of these they do; a path any of them may route to an MCP endpoint is matched as one.
+pub fn normalize_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let raw = raw.split(';').next().unwrap_or_default();
+        // A decoded `%2F` separates segments too.
+        for segment in percent_decode_unreserved(raw).split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                s => segments.push(s.to_ascii_lowercase()),
+            }
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+/// `text` with `%XX` decoded where it encodes an unreserved character (`A-Z a-z 0-9 - . _ ~`)
+/// or `/`; other escapes are kept.
+fn percent_decode_unreserved(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+            && (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
+        {
+            out.push(char::from(b));
+            i += 3;
+            continue;
+        }
+        // Copy up to the next `%` (whole UTF-8 characters: `%` is ASCII).
+        let next = text[i + 1..].find('%').map_or(text.len(), |n| i + 1 + n);
+        out.push_str(&text[i..next]);
+        i = next;
+    }
+    out
 }
 
 /// Say what a request asks to do (see the module docs), or why it cannot be decided.
@@ -255,11 +336,22 @@ pub fn classify(
             tool: format!("{} {}", http.method, http.path),
         });
     }
-    if !http.method.eq_ignore_ascii_case("POST") {
-        return Ok(Call::McpTransport {
-            method: http.method.clone(),
-        });
+    match http.method.as_str() {
+        "GET" | "DELETE" => {
+            return Ok(Call::McpTransport {
+                method: http.method.clone(),
+            });
+        }
+        // Decided from its body (a lower-cased method too: the safe side).
+        m if m.eq_ignore_ascii_case("POST") => {}
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err((Value::Null, Refusal::MethodNotAllowed(format!("{shown:?}"))));
+        }
     }
+    // Read as UTF-8 JSON: a server honouring another charset could read another message.
+    jsonrpc::check_json_content_type(http.header("content-type"))
+        .map_err(|why| (Value::Null, Refusal::UnsupportedMediaType(why)))?;
     if http.body_is_partial() {
         return Err((Value::Null, Refusal::PartialBody));
     }
@@ -274,6 +366,13 @@ pub fn classify(
                 max: max_body,
             },
         ));
+    }
+    match members::check_member_names(&http.body) {
+        Ok(()) => {}
+        Err(MemberError::Syntax(e)) => return Err((Value::Null, Refusal::Parse(e))),
+        Err(e @ MemberError::Collision(..)) => {
+            return Err((Value::Null, Refusal::CollidingMembers(e.to_string())));
+        }
     }
     let value: Value = serde_json::from_slice(&http.body)
         .map_err(|e| (Value::Null, Refusal::Parse(e.to_string())))?;
@@ -398,6 +497,7 @@ mod tests {
         HttpAttributes {
             method: "POST".into(),
             path: "/mcp".into(),
+            headers: HashMap::from([("content-type".into(), "application/json".into())]),
             body: body.as_bytes().to_vec(),
             ..HttpAttributes::default()
         }
@@ -620,5 +720,145 @@ mod tests {
         assert!(is_mcp_path("/mcp/x", &paths()));
         assert!(!is_mcp_path("/mcpx", &paths()));
         assert!(is_mcp_path("/anything", &["/".into()]));
+    }
+
+    #[test]
+    fn mcp_paths_are_matched_after_normalizing() {
+        for path in [
+            "/mcp",
+            "/MCP",
+            "/Mcp/",
+            "/mcp;x",
+            "/mcp;jsessionid=1/",
+            "/mcp/",
+            "//mcp",
+            "/%6dcp",
+            "/%6Dcp",
+            "/%4D%43%50",
+            "/./mcp",
+            "/x/../mcp",
+            "/x%2F..%2Fmcp",
+            "/x/%2e%2e/mcp",
+            "/mcp?x=/api",
+            "/mcp#frag",
+            "/mcp/session/1",
+            "/mcp//session",
+        ] {
+            assert!(is_mcp_path(path, &paths()), "{path}");
+        }
+        for path in [
+            "/mcpx",
+            "/mc",
+            "/api/mcp",
+            "/mcp/../api",
+            "/mcp/%2e%2e/api",
+            "/mcp%2F..%2Fapi",
+            "/%2561cp",
+            "/m%63p%00",
+            "/mc%70x",
+        ] {
+            assert!(!is_mcp_path(path, &paths()), "{path}");
+        }
+        // Configured paths are normalized too.
+        assert!(is_mcp_path("/tools/mcp", &["/Tools/MCP/".into()]));
+        assert_eq!(normalize_path("/A//b/./c/../%7Ed;p?q"), "/a/b/~d");
+        assert_eq!(normalize_path("/caf%C3%A9/%252F"), "/caf%c3%a9/%252f");
+        assert_eq!(normalize_path(""), "/");
+    }
+
+    #[test]
+    fn a_post_on_a_variant_of_an_mcp_path_is_decided_from_its_body() {
+        for path in ["/MCP", "/mcp;x", "/mcp/", "/%6dcp"] {
+            let mut http = post(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"refund","arguments":{}}}"#,
+            );
+            http.path = path.into();
+            match classify(&http, &paths(), 1024) {
+                Ok(Call::Tool { tool, .. }) => assert_eq!(tool, "refund", "{path}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_post_get_and_delete_reach_an_mcp_path() {
+        for method in [
+            "PUT", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "get", "FROB",
+        ] {
+            let http = HttpAttributes {
+                method: method.into(),
+                path: "/mcp".into(),
+                ..HttpAttributes::default()
+            };
+            let (_, refusal) = classify(&http, &paths(), 1024).expect_err(method);
+            assert_eq!(refusal.code(), "method_not_allowed", "{method}");
+            assert!(refusal.to_string().contains(method), "{refusal}");
+        }
+        for method in ["GET", "DELETE"] {
+            let http = HttpAttributes {
+                method: method.into(),
+                path: "/MCP/".into(),
+                ..HttpAttributes::default()
+            };
+            assert_eq!(
+                classify(&http, &paths(), 1024),
+                Ok(Call::McpTransport {
+                    method: method.into()
+                })
+            );
+        }
+        // Off MCP paths every method is decided as plain HTTP.
+        let http = HttpAttributes {
+            method: "PUT".into(),
+            path: "/api/x".into(),
+            ..HttpAttributes::default()
+        };
+        assert_eq!(
+            classify(&http, &paths(), 1024),
+            Ok(Call::Http {
+                tool: "PUT /api/x".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_post_must_be_utf8_json() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        for content_type in [
+            None,
+            Some("application/json; charset=utf-7"),
+            Some("text/plain"),
+            // Two Content-Type headers, joined by Envoy.
+            Some("application/json,application/json; charset=utf-7"),
+        ] {
+            let mut http = post(body);
+            http.headers.remove("content-type");
+            if let Some(ct) = content_type {
+                http.headers.insert("content-type".into(), ct.into());
+            }
+            let (_, refusal) = classify(&http, &paths(), 1024).expect_err("refused");
+            assert_eq!(refusal.code(), "unsupported_media_type", "{content_type:?}");
+            assert_eq!(refusal.jsonrpc_code(), -32600);
+        }
+        let mut http = post(body);
+        http.headers.insert(
+            "content-type".into(),
+            "Application/JSON ; charset=\"UTF-8\"".into(),
+        );
+        assert!(classify(&http, &paths(), 1024).is_ok());
+    }
+
+    #[test]
+    fn colliding_member_names_are_refused() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_all","arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"x"}}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"\u{17F}ql\":1,\"sql\":2}}}",
+        ] {
+            let (_, refusal) = classify(&post(body), &paths(), 1024).expect_err(body);
+            assert_eq!(refusal.code(), "colliding_members", "{body}");
+            assert_eq!(refusal.jsonrpc_code(), -32600);
+        }
     }
 }

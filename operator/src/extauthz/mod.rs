@@ -11,7 +11,9 @@
 //! 2. the request is classified ([`attributes`]): an MCP `tools/call` is decided as its tool with
 //!    its arguments; other MCP requests that act are decided with the method as the tool; MCP
 //!    messages that run nothing pass; other HTTP requests are decided as the tool
-//!    `"<METHOD> <path>"`;
+//!    `"<METHOD> <path>"`. Paths are normalized before they are matched against the MCP paths;
+//!    on an MCP path only POST (decided from its body, which must be UTF-8 `application/json`
+//!    with no colliding member names), GET and DELETE are accepted;
 //! 3. the decider ([`crate::gateway::decider::Decider`], in-process or a remote decision
 //!    service) answers and audits the decision; requests refused before
 //!    any decision (unauthenticated, malformed, body missing) and the MCP messages that pass are
@@ -19,8 +21,8 @@
 //! 4. the answer ([`answer`]): OK with `x-overseer-decision`, `x-overseer-decision-id` and
 //!    `x-overseer-reasons` headers sent upstream (the agent's `Authorization` header is removed);
 //!    or a denied response — 403 with a JSON-RPC error body carrying the reasons (and the approval
-//!    id for `require_approval`), 401 for an unauthenticated agent, 400/413 for a request that
-//!    cannot be decided, 503 when no decision could be had (fail closed).
+//!    id for `require_approval`), 401 for an unauthenticated agent, 400/405/413/415 for a
+//!    request that cannot be decided, 503 when no decision could be had (fail closed).
 
 pub mod answer;
 pub mod attributes;
@@ -172,6 +174,8 @@ impl ExtAuthz {
             Err((rpc_id, refusal)) => {
                 let http_status = match refusal {
                     Refusal::TooLarge { .. } => HttpStatusCode::PayloadTooLarge,
+                    Refusal::UnsupportedMediaType(_) => HttpStatusCode::UnsupportedMediaType,
+                    Refusal::MethodNotAllowed(_) => HttpStatusCode::MethodNotAllowed,
                     _ => HttpStatusCode::BadRequest,
                 };
                 let refused = Refused {
@@ -377,7 +381,12 @@ impl ExtAuthz {
         Ok(Principal {
             id,
             kind: Some(PrincipalKind::Agent),
-            namespace: self.config.agent_namespace.clone(),
+            // An agent key bound to a namespace is governed there; else the configured one.
+            namespace: match caller.role {
+                Role::Agent => caller.namespace.clone(),
+                _ => None,
+            }
+            .or_else(|| self.config.agent_namespace.clone()),
             ..Principal::default()
         })
     }

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value, json};
 
+use super::members::{self, MemberError};
+
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;
 /// The JSON sent is not a valid request object (batches included: removed in MCP 2025-06-18).
@@ -13,6 +15,9 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// The gateway could not reach the upstream, or it failed.
 pub const UPSTREAM_ERROR: i64 = -32603;
+/// JSON-RPC's internal error (the same code as [`UPSTREAM_ERROR`]): e.g. an upstream's
+/// `tools/list` answer the gateway could not filter.
+pub const INTERNAL_ERROR: i64 = -32603;
 /// Server-defined: the call was denied by policy (or fail-closed).
 pub const DENIED: i64 = -32001;
 /// Server-defined: the call needs a human's approval; `data.approvalId` names it.
@@ -84,8 +89,18 @@ fn invalid(code: i64, message: impl Into<String>, id: Value) -> Invalid {
     }
 }
 
-/// Classify a POST body.
+/// Classify a POST body. A body with an object whose member names collide under case folding
+/// is refused ([`INVALID_REQUEST`], see [`members`]) before anything is read from it.
 pub fn classify(body: &[u8]) -> Result<Message, Invalid> {
+    match members::check_member_names(body) {
+        Ok(()) => {}
+        Err(e @ MemberError::Syntax(_)) => {
+            return Err(invalid(PARSE_ERROR, e.to_string(), Value::Null));
+        }
+        Err(e @ MemberError::Collision(..)) => {
+            return Err(invalid(INVALID_REQUEST, e.to_string(), Value::Null));
+        }
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(PARSE_ERROR, format!("parse error: {e}"), Value::Null))?;
     let mut obj = match value {
@@ -175,6 +190,91 @@ pub fn usage_in(object: &Map<String, Value>) -> Option<(Option<u64>, Option<u64>
     (tokens.is_some() || cost.is_some()).then_some((tokens, cost))
 }
 
+/// Check a POST's `Content-Type` (`None` when it has none): only `application/json`, without a
+/// charset or with charset UTF-8 (names and values case-insensitive, the charset possibly
+/// quoted, whitespace around `;` tolerated as RFC 9110 allows), is read as the gateway reads it.
+/// A server that decodes the body with another charset (the TypeScript SDK honours any charset
+/// iconv-lite knows, UTF-7 included) could read a different message from the same bytes. `Err`
+/// says why the type is refused.
+pub fn check_json_content_type(value: Option<&str>) -> Result<(), String> {
+    const WANT: &str = "MCP messages are POSTed as application/json (UTF-8)";
+    let Some(value) = value else {
+        return Err(format!("the request has no Content-Type; {WANT}"));
+    };
+    let shown: String = value.chars().take(128).collect();
+    let mime = media_type(value)
+        .map_err(|e| format!("Content-Type {shown:?} cannot be parsed ({e}); {WANT}"))?;
+    if mime.essence_str() != "application/json" {
+        return Err(format!("Content-Type {shown:?} is not JSON; {WANT}"));
+    }
+    for (name, charset) in mime.params() {
+        if name == mime::CHARSET && !charset.as_str().eq_ignore_ascii_case("utf-8") {
+            return Err(format!(
+                "Content-Type {shown:?}: charset {:?} is not UTF-8; {WANT}",
+                charset.as_str()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parse a `Content-Type` value, tolerating whitespace around `;` as RFC 9110 does (type,
+/// subtype and parameter names lower-cased, quoted parameter values unquoted).
+pub fn media_type(value: &str) -> Result<mime::Mime, mime::FromStrError> {
+    without_ows(value).parse()
+}
+
+/// `value` without optional whitespace: trimmed, and without spaces and tabs around `;` (outside
+/// quoted strings) or empty parameters, which RFC 9110 allows and the `mime` parser does not.
+fn without_ows(value: &str) -> String {
+    let is_ows = |c: char| c == ' ' || c == '\t';
+    let mut out = String::with_capacity(value.len());
+    let (mut quoted, mut escaped, mut after_semicolon) = (false, false, false);
+    for c in value.trim_matches(is_ows).chars() {
+        if quoted {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+            continue;
+        }
+        match c {
+            ';' => {
+                while out.ends_with(is_ows) {
+                    out.pop();
+                }
+                if !out.ends_with(';') {
+                    out.push(';');
+                }
+                after_semicolon = true;
+            }
+            c if is_ows(c) && after_semicolon => {}
+            c => {
+                after_semicolon = false;
+                quoted = c == '"';
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a response's `id` answers a request's: equal strings, or numerically equal numbers
+/// (`1.0` and `1`, as a JavaScript client compares them).
+pub fn same_id(request: &Value, response: &Value) -> bool {
+    match (request, response) {
+        (Value::Number(a), Value::Number(b)) => {
+            a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+        }
+        (Value::String(a), Value::String(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// The JSON-RPC messages in a response body: the body itself when it is JSON, the `data` of
 /// every event when it is an SSE stream.
 pub fn messages_in(body: &[u8], sse: bool) -> Vec<Value> {
@@ -190,62 +290,122 @@ pub fn messages_in(body: &[u8], sse: bool) -> Vec<Value> {
 fn event_data(event: &str) -> String {
     event
         .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .filter_map(data_field)
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// Rewrite the response to request `id` in a body (JSON, or an SSE stream whose other events
-/// and fields are kept as they are) with `rewrite`. Returns `None` when nothing was rewritten.
-pub fn rewrite_response(
-    body: &[u8],
-    sse: bool,
-    id: &Value,
-    rewrite: impl Fn(&mut Value),
-) -> Option<Vec<u8>> {
-    if !sse {
-        let mut v: Value = serde_json::from_slice(body).ok()?;
-        if v.get("id") != Some(id) {
-            return None;
-        }
-        rewrite(&mut v);
-        return serde_json::to_vec(&v).ok();
+/// The value of an SSE `data` field line (`data` alone is an empty one).
+fn data_field(line: &str) -> Option<&str> {
+    if line == "data" {
+        return Some("");
     }
-    let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
-    let mut changed = false;
-    let mut out = String::with_capacity(text.len());
-    for (i, event) in text.split("\n\n").enumerate() {
-        if i > 0 {
-            out.push_str("\n\n");
+    let d = line.strip_prefix("data:")?;
+    Some(d.strip_prefix(' ').unwrap_or(d))
+}
+
+/// A response body, JSON or an SSE stream, taken apart so that the messages in it can be
+/// rewritten ([`Self::messages_mut`]) and the body put back together ([`Self::into_bytes`]):
+/// SSE events without data, and the other fields of events with a message, are kept as they are.
+#[derive(Debug)]
+pub struct ResponseBody {
+    sse: bool,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug)]
+enum Part {
+    /// An SSE event without data (comments, `retry`), or the empty text after the last one.
+    Raw(String),
+    /// A JSON-RPC message: the SSE event's text (empty for a JSON body), and its data parsed.
+    Message(String, Value),
+}
+
+impl ResponseBody {
+    /// Take `body` apart. `Err` says why it cannot be: a JSON body that is not JSON, an SSE
+    /// stream that is not UTF-8 or with an event whose data is not JSON, or a message with member
+    /// names that collide under case folding (clients would disagree about what it says).
+    pub fn parse(body: &[u8], sse: bool) -> Result<Self, String> {
+        let parse = |data: &[u8]| -> Result<Value, String> {
+            members::check_member_names(data).map_err(|e| e.to_string())?;
+            serde_json::from_slice(data).map_err(|e| format!("parse error: {e}"))
+        };
+        if !sse {
+            let message = parse(body)?;
+            return Ok(Self {
+                sse,
+                parts: vec![Part::Message(String::new(), message)],
+            });
         }
-        let parsed: Option<Value> = serde_json::from_str(&event_data(event)).ok();
-        match parsed {
-            Some(mut v) if !changed && v.get("id") == Some(id) => {
-                rewrite(&mut v);
-                changed = true;
-                let mut first = true;
-                for line in event.lines() {
-                    if line.starts_with("data:") {
-                        if first {
-                            out.push_str("data: ");
-                            out.push_str(&v.to_string());
-                            out.push('\n');
-                            first = false;
+        let text =
+            std::str::from_utf8(body).map_err(|e| format!("the stream is not UTF-8: {e}"))?;
+        // Any of CRLF, LF and CR ends a line; a leading byte order mark is not part of the stream.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let mut parts = Vec::new();
+        for event in text.split("\n\n") {
+            let data = event_data(event);
+            if data.trim().is_empty() {
+                parts.push(Part::Raw(event.to_owned()));
+            } else {
+                let message =
+                    parse(data.as_bytes()).map_err(|e| format!("an event's data: {e}"))?;
+                parts.push(Part::Message(event.to_owned(), message));
+            }
+        }
+        Ok(Self { sse, parts })
+    }
+
+    /// Every message in the body.
+    pub fn messages(&self) -> impl Iterator<Item = &Value> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Message(_, m) => Some(m),
+            Part::Raw(_) => None,
+        })
+    }
+
+    /// Every message in the body, to rewrite.
+    pub fn messages_mut(&mut self) -> impl Iterator<Item = &mut Value> {
+        self.parts.iter_mut().filter_map(|p| match p {
+            Part::Message(_, m) => Some(m),
+            Part::Raw(_) => None,
+        })
+    }
+
+    /// The body put back together: a JSON body is its message; in an SSE stream each event with
+    /// a message has its data lines replaced by one `data:` line with the message.
+    pub fn into_bytes(self) -> Vec<u8> {
+        if !self.sse {
+            return match self.parts.into_iter().next() {
+                Some(Part::Message(_, m)) => m.to_string().into_bytes(),
+                Some(Part::Raw(text)) => text.into_bytes(),
+                None => Vec::new(),
+            };
+        }
+        let mut out = String::new();
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.push_str("\n\n");
+            }
+            match part {
+                Part::Raw(text) => out.push_str(text),
+                Part::Message(event, message) => {
+                    let mut lines = Vec::new();
+                    let mut data = None;
+                    for line in event.lines() {
+                        if data_field(line).is_none() {
+                            lines.push(line.to_owned());
+                        } else if data.is_none() {
+                            data = Some(lines.len());
+                            lines.push(format!("data: {message}"));
                         }
-                    } else {
-                        out.push_str(line);
-                        out.push('\n');
                     }
-                }
-                if out.ends_with('\n') {
-                    out.pop();
+                    out.push_str(&lines.join("\n"));
                 }
             }
-            _ => out.push_str(event),
         }
+        out.into_bytes()
     }
-    changed.then(|| out.into_bytes())
 }
 
 #[cfg(test)]
@@ -311,23 +471,132 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_the_matching_sse_event_and_keeps_the_rest() {
-        let body = b"event: message\nid: e1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"b\"}]}}\n\n";
-        let out = rewrite_response(body, true, &json!(3), |v| {
-            v["result"]["tools"] = json!([{"name":"a"}]);
-        })
-        .expect("rewritten");
+    fn rewrites_sse_messages_and_keeps_the_rest() {
+        let body = b"event: message\nid: e1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n: comment\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\ndata:\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"b\"}]}}\nid: e2\n\n";
+        let mut parsed = ResponseBody::parse(body, true).expect("parses");
+        assert_eq!(parsed.messages().count(), 2);
+        for m in parsed.messages_mut() {
+            if same_id(&json!(3), &m["id"]) {
+                m["result"]["tools"] = json!([{"name":"a"}]);
+            }
+        }
+        let out = parsed.into_bytes();
         let text = String::from_utf8(out.clone()).expect("utf8");
         assert!(
             text.starts_with("event: message\nid: e1\ndata: {\"jsonrpc\""),
             "{text}"
         );
+        assert!(text.contains("\n\n: comment\n\n"), "{text}");
+        assert!(text.contains("\nid: e2\n\n"), "{text}");
         let msgs = messages_in(&out, true);
         assert_eq!(msgs.len(), 2);
         assert_eq!(msgs[1]["result"]["tools"], json!([{"name":"a"}]));
-        assert!(rewrite_response(body, true, &json!(4), |_| {}).is_none());
-        let json_body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#;
-        assert!(rewrite_response(json_body, false, &json!(3), |_| {}).is_some());
+
+        let mut json_body =
+            ResponseBody::parse(br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#, false)
+                .expect("parses");
+        assert_eq!(json_body.messages_mut().count(), 1);
+        assert_eq!(
+            json_body.into_bytes(),
+            br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#
+        );
+    }
+
+    #[test]
+    fn sse_lines_may_end_with_cr_and_the_stream_may_start_with_a_bom() {
+        let body = "\u{feff}event: message\rdata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\r";
+        let parsed = ResponseBody::parse(body.as_bytes(), true).expect("parses");
+        assert_eq!(
+            parsed.messages().collect::<Vec<_>>(),
+            [&json!({"jsonrpc":"2.0","id":1,"result":{}})]
+        );
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_taken_apart_are_errors() {
+        for (body, sse) in [
+            (&b"{not json"[..], false),
+            (b"", false),
+            (b"data: {not json\n\n", true),
+            (b"data: {\"id\":1}\n\n\xff\xfe", true),
+            (
+                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[]},\"Result\":{\"tools\":[{\"name\":\"x\"}]}}",
+                false,
+            ),
+            (
+                b"data: {\"id\":1,\"result\":{\"tools\":[],\"tools\":[{\"name\":\"x\"}]}}\n\n",
+                true,
+            ),
+        ] {
+            assert!(
+                ResponseBody::parse(body, sse).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn ids_match_by_value() {
+        assert!(same_id(&json!(1), &json!(1)));
+        assert!(same_id(&json!(1.0), &json!(1)));
+        assert!(same_id(&json!(1), &json!(1.0)));
+        assert!(same_id(&json!(-2), &json!(-2.0)));
+        assert!(same_id(&json!("a"), &json!("a")));
+        assert!(!same_id(&json!(1), &json!(2)));
+        assert!(!same_id(&json!(1), &json!("1")));
+        assert!(!same_id(&json!("a"), &json!("A")));
+        assert!(!same_id(&json!(1), &Value::Null));
+    }
+
+    #[test]
+    fn only_utf8_json_content_types_are_accepted() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json ; charset=\"utf-8\"",
+            "application/json\t;\tcharset=utf-8 ",
+            "application/json;;charset=utf-8;",
+            "application/json; charset=utf-8; profile=\"a;b\"",
+        ] {
+            assert_eq!(check_json_content_type(Some(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("application/json; charset=utf-7"),
+            Some("application/json; charset=\"UTF-7\""),
+            Some("APPLICATION/JSON;CHARSET=UTF-16"),
+            Some("application/json; charset=utf-8; charset=utf-7"),
+            Some("application/json; charset = utf-7"),
+            Some("application/json, application/json; charset=utf-7"),
+            Some("text/plain; x=application/json"),
+            Some("application/jsonx"),
+            Some("application/vnd.api+json"),
+            Some("text/event-stream"),
+            Some(""),
+            Some("application/json; charset=\"utf-8"),
+        ] {
+            assert!(check_json_content_type(bad).is_err(), "{bad:?}");
+        }
+        let why =
+            check_json_content_type(Some("application/json; charset=utf-7")).expect_err("utf-7");
+        assert!(why.contains("utf-7") && why.contains("not UTF-8"), "{why}");
+    }
+
+    #[test]
+    fn colliding_member_names_are_invalid_requests() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_all","arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"path":"a","PATH":"b"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+        ] {
+            let err = classify(body.as_bytes()).expect_err(body);
+            assert_eq!(err.code, INVALID_REQUEST, "{body}");
+            assert!(err.message.contains("parsers disagree"), "{}", err.message);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! * [`mcpservers`]: upstreams from `MCPServer` objects, watched in one namespace.
 //! * [`routes`]: the table of upstreams the proxy reads lock-free and the watch replaces.
 //! * [`jsonrpc`]: JSON-RPC messages, errors, and JSON/SSE response bodies.
+//! * [`members`]: refuses JSON objects whose member names collide under case folding.
 //! * [`proxy`]: the axum router that authenticates, decides and forwards.
 //! * [`metrics`]: its Prometheus metrics.
 //! * [`run`]: the `overseer gateway` command.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod decider;
 pub mod jsonrpc;
 pub mod mcpservers;
+pub mod members;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

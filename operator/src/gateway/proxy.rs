@@ -1,8 +1,12 @@
 //! The reverse proxy: MCP Streamable HTTP (protocol revision 2025-06-18) at `/mcp/{upstream}`.
 //!
-//! * `POST` carries one JSON-RPC message. A `tools/call` is decided by the [`Decider`] before
-//!   anything reaches the upstream; when it is allowed, the exact bytes that were decided are
-//!   forwarded. `tools/list` results are filtered to the tools the agent may ever call. Other
+//! * `POST` carries one JSON-RPC message, as `application/json` in UTF-8 (any other type or
+//!   charset is refused, 415: a server decoding another charset could read another message), and
+//!   goes upstream as exactly `Content-Type: application/json`. A message with an object whose
+//!   member names collide under case folding is refused (`-32600`, [`super::members`]). A
+//!   `tools/call` is decided by the [`Decider`] before anything reaches the upstream; when it is
+//!   allowed, the exact bytes that were decided are forwarded. `tools/list` results are filtered
+//!   to the tools the agent may ever call; an answer that cannot be filtered is withheld. Other
 //!   MCP methods, notifications and responses pass through; methods the gateway does not know
 //!   are refused (`-32601`) and never forwarded. Batches are refused (removed in 2025-06-18).
 //! * `GET` opens the server-initiated SSE stream, `DELETE` ends a session; both stream through.
@@ -15,6 +19,8 @@
 //!   credential instead, and the token is never logged or audited.
 //! * `Mcp-Session-Id`s the upstream issues are bound to the principal that initialized them:
 //!   another agent presenting one is refused (403), an id the gateway never saw is unknown (404).
+//!   A request may carry one, of visible ASCII (else 400); that one value is what is checked and
+//!   what is forwarded.
 //! * Every refusal is written to the audit trail; every decision is audited by the decider.
 
 use std::{
@@ -69,13 +75,13 @@ const MAX_BUFFERED_RESPONSE: usize = 8 * 1024 * 1024;
 const MAX_SESSIONS: usize = 100_000;
 
 /// Request headers passed on to the upstream (everything else, `Authorization` first of all,
-/// stays at the gateway).
+/// stays at the gateway). The gateway sets `Content-Type` (POST: exactly `application/json`)
+/// and `Mcp-Session-Id` (the one value it checked) itself. `Accept-Encoding` is not passed: the
+/// answers it reads (`tools/list`, usage) must not be compressed. Neither is `Last-Event-ID`: a
+/// resumed stream could replay a `tools/list` answer the gateway never sees to filter.
 const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "content-type",
     "accept",
-    SESSION_HEADER,
     PROTOCOL_HEADER,
-    "last-event-id",
     "traceparent",
     "tracestate",
     "user-agent",
@@ -195,15 +201,18 @@ impl Gateway {
                 kind: Some(PrincipalKind::ServiceAccount),
                 ..Principal::default()
             },
+            // The namespace is the key's, else the gateway's `agentNamespace` (below).
             (None, Some(agent)) => Principal {
                 id: agent.to_owned(),
                 kind: Some(PrincipalKind::Agent),
-                namespace: self.namespace.clone(),
                 ..Principal::default()
             },
             (None, None) => return Err(not_an_agent()),
         };
         caller.check_principal(&mut principal)?;
+        if principal.namespace.is_none() {
+            principal.namespace.clone_from(&self.namespace);
+        }
         Ok(principal)
     }
 
@@ -423,15 +432,12 @@ async fn handle_inner(
         response.extensions_mut().insert(UnknownServer);
         return response;
     };
-    let session = headers
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let session = session_of(&headers);
     let mut call = Audit {
         gateway,
         server: &name,
         principal: None,
-        session: session.clone(),
+        session: session.clone().ok().flatten(),
     };
 
     // Authenticate the agent (the credential itself is never logged, audited or forwarded).
@@ -458,6 +464,21 @@ async fn handle_inner(
         }
     };
     call.principal = Some(&principal.id);
+    let session = match session {
+        Ok(session) => session,
+        Err(why) => {
+            return call
+                .refuse(
+                    StatusCode::BAD_REQUEST,
+                    &Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    AuditResult::Malformed,
+                    why,
+                    None,
+                )
+                .await;
+        }
+    };
     // A configured server that is not served is refused, saying why, to authenticated agents
     // only (the reason may name a Secret).
     let upstream = match &route {
@@ -565,6 +586,39 @@ async fn handle_inner(
     }
 }
 
+/// The request's `Mcp-Session-Id`: none, or exactly one of visible ASCII (as MCP requires).
+/// Another request could otherwise have one value checked and another one used upstream.
+fn session_of(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut values = headers.get_all(SESSION_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => {
+            let bytes = value.as_bytes();
+            if bytes.is_empty() || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                return Err("Mcp-Session-Id must be visible ASCII (0x21-0x7E) and not empty");
+            }
+            Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+        }
+        (Some(_), Some(_)) => Err("a request carries at most one Mcp-Session-Id header"),
+    }
+}
+
+/// Check a POST's `Content-Type` (exactly one, `application/json` in UTF-8).
+fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| "the Content-Type header is not visible ASCII".to_owned())?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err("a request carries at most one Content-Type header".into());
+        }
+    };
+    jsonrpc::check_json_content_type(value)
+}
+
 /// Refuse a caller that did not authenticate: 401 (with `WWW-Authenticate: Bearer`) for a
 /// missing, unknown, invalid or expired credential, 403 for a token whose user has no role, and
 /// 503 when the token could not be reviewed (fail closed). Audited without the credential.
@@ -616,6 +670,20 @@ async fn post(
     body: Body,
 ) -> Response {
     let gateway = call.gateway;
+    // The body is read as UTF-8 JSON, and sent upstream as `application/json`: a charset the
+    // upstream would decode differently is refused before anything is read.
+    if let Err(why) = check_content_type(headers) {
+        return call
+            .refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                AuditResult::Malformed,
+                &why,
+                None,
+            )
+            .await;
+    }
     let bytes = match axum::body::to_bytes(body, gateway.max_body).await {
         Ok(b) => b,
         Err(_) => {
@@ -813,7 +881,7 @@ async fn call_tool(
     };
     // Read the actual usage from the result's `_meta` as it streams by, and commit it.
     let decider = Arc::clone(&gateway.decider);
-    let sse = is_sse(response.headers());
+    let sse = body_kind(response.headers()) == Ok(BodyKind::Sse);
     let (parts, incoming) = response.into_parts();
     let tap = Tap {
         inner: incoming,
@@ -826,7 +894,7 @@ async fn call_tool(
             }
             let usage = jsonrpc::messages_in(&body, sse)
                 .into_iter()
-                .find(|m| m.get("id") == Some(&id))
+                .find(|m| m.get("id").is_some_and(|r| jsonrpc::same_id(&id, r)))
                 .and_then(|m| {
                     m.get("result")
                         .and_then(Value::as_object)
@@ -902,7 +970,7 @@ async fn list_tools(
     if !response.status().is_success() {
         return stream_back(response);
     }
-    let sse = is_sse(response.headers());
+    let kind = body_kind(response.headers());
     let (mut parts, incoming) = response.into_parts();
     let body = match http_body_util::Limited::new(incoming, MAX_BUFFERED_RESPONSE)
         .collect()
@@ -915,19 +983,40 @@ async fn list_tools(
                 .await;
         }
     };
-    // The names listed in the answer to this request (an SSE stream may carry other messages).
-    let listed: Vec<String> = jsonrpc::messages_in(&body, sse)
-        .iter()
-        .find(|m| m.get("id") == Some(&id))
-        .and_then(|m| m.pointer("/result/tools"))
-        .and_then(Value::as_array)
-        .map(|tools| {
-            tools
-                .iter()
-                .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    // An answer the gateway cannot take apart, or that does not answer this request, is
+    // withheld: passing it on would show tools the agent may not see.
+    let parsed = kind.and_then(|kind| {
+        let body = jsonrpc::ResponseBody::parse(&body, kind == BodyKind::Sse)?;
+        tool_lists_of(&body, &id)?;
+        Ok((kind, body))
+    });
+    let (kind, mut body) = match parsed {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            tracing::warn!(upstream = %server, %why, "tools/list answer withheld");
+            let refused = call
+                .refuse(
+                    StatusCode::BAD_GATEWAY,
+                    &id,
+                    jsonrpc::INTERNAL_ERROR,
+                    AuditResult::Deny,
+                    &format!(
+                        "tools_list_unfilterable: the tool list of MCP server {server:?} could not be filtered, so it is withheld: {why}"
+                    ),
+                    None,
+                )
+                .await;
+            return outcome(refused, "upstream_error");
+        }
+    };
+    // The names listed in the body: the answer to this request, and any other tool list in it
+    // (all are filtered; a client might take any of them for the answer).
+    let listed: Vec<String> = body
+        .messages()
+        .filter_map(|m| m.pointer("/result/tools").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
     let permitted: HashSet<String> = match gateway
         .decider
         .permitted_tools(principal, Some(server), listed)
@@ -951,7 +1040,7 @@ async fn list_tools(
             return outcome(refused, "unavailable");
         }
     };
-    let filtered = jsonrpc::rewrite_response(&body, sse, &id, |message| {
+    for message in body.messages_mut() {
         if let Some(tools) = message
             .get_mut("result")
             .and_then(|r| r.get_mut("tools"))
@@ -964,21 +1053,73 @@ async fn list_tools(
                     .is_some_and(|name| permitted.contains(name))
             });
         }
-    });
+    }
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let response = match filtered {
-        Some(out) => Response::from_parts(parts, Body::from(out)),
-        None => Response::from_parts(parts, Body::from(body)),
-    };
-    outcome(response, "forwarded")
+    // The body is what was filtered, in UTF-8: say exactly that.
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(match kind {
+            BodyKind::Sse => "text/event-stream",
+            BodyKind::Json => "application/json",
+        }),
+    );
+    outcome(
+        Response::from_parts(parts, Body::from(body.into_bytes())),
+        "forwarded",
+    )
 }
 
-fn is_sse(headers: &HeaderMap) -> bool {
-    headers
+/// Check that `body` answers request `id` and that every tool list in it can be filtered.
+fn tool_lists_of(body: &jsonrpc::ResponseBody, id: &Value) -> Result<(), String> {
+    if !body
+        .messages()
+        .any(|m| m.get("id").is_some_and(|r| jsonrpc::same_id(id, r)))
+    {
+        return Err(format!("no message in it answers request id {id}"));
+    }
+    for message in body.messages() {
+        if let Some(result) = message.get("result")
+            && let Some(tools) = result.get("tools")
+            && !tools.is_array()
+        {
+            return Err("its result.tools is not an array".into());
+        }
+    }
+    Ok(())
+}
+
+/// What an upstream's answer to a POST is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// `application/json`: one message.
+    Json,
+    /// `text/event-stream`: an SSE stream of messages.
+    Sse,
+}
+
+/// The kind of an upstream's answer from its `Content-Type` (case-insensitive, parameters
+/// allowed); `Err` for any other type, or a body the upstream encoded (compressed).
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(format!("the answer is encoded ({encoding:?})"));
+    }
+    let value = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+        .ok_or("the answer has no Content-Type")?
+        .to_str()
+        .map_err(|_| "the answer's Content-Type is not visible ASCII".to_owned())?;
+    let media = jsonrpc::media_type(value)
+        .map_err(|e| format!("the answer's Content-Type {value:?} cannot be parsed: {e}"))?;
+    match media.essence_str() {
+        "text/event-stream" => Ok(BodyKind::Sse),
+        "application/json" => Ok(BodyKind::Json),
+        other => Err(format!(
+            "the answer's Content-Type {other:?} is neither JSON nor SSE"
+        )),
+    }
 }
 
 /// Why the upstream gave no response.
@@ -1035,6 +1176,7 @@ async fn forward(
     body: Bytes,
 ) -> Result<hyper::Response<Incoming>, UpstreamError> {
     let upstream = call.upstream;
+    let post = method == Method::POST;
     // The upstream's URI as configured (a cheap clone), with the agent's query when it has none.
     let mut builder = hyper::Request::builder().method(method);
     builder = match (uri.query(), upstream.uri.query()) {
@@ -1046,6 +1188,19 @@ async fn forward(
             for value in headers.get_all(*name) {
                 h.append(HeaderName::from_static(name), value.clone());
             }
+        }
+        // What the upstream decodes is what was decided: UTF-8 JSON.
+        if post {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        // The one session id that was checked (visible ASCII, so always a header value).
+        if let Some(session) = &call.session {
+            let value = HeaderValue::from_str(session)
+                .map_err(|e| UpstreamError::Failed(format!("session id: {e}")))?;
+            h.insert(HeaderName::from_static(SESSION_HEADER), value);
         }
         if let Some((name, value)) = &upstream.credential {
             h.insert(name.clone(), value.clone());
