@@ -258,7 +258,10 @@ pub struct RateLimit {
     pub limit: i32,
     /// Length of the window (Go duration, e.g. `1m`). A fixed window opens at the first counted
     /// call of a key; once `limit` calls were allowed in it, later calls are denied until it ends.
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub window: Duration,
 }
 
@@ -304,7 +307,10 @@ pub struct Budget {
     /// Fixed window after which the counter resets (Go duration, e.g. `24h`). Omitted: the budget
     /// never resets (for `key: Session`, it lasts as long as the session).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub window: Option<Duration>,
     /// What happens to a call that would exceed the budget.
     #[serde(default)]
@@ -394,7 +400,10 @@ pub struct ApprovalSettings {
     pub groups: Vec<String>,
     /// How long an approval request waits for a decision (Go duration). Defaults to `15m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub timeout: Option<Duration>,
     /// What a request that timed out becomes. Only `Deny` is offered: an unanswered request is
     /// never allowed.
@@ -641,11 +650,17 @@ pub enum ApprovalPhase {
 #[x_kube(validation = Rule::new("!has(self.recordRetention) || (duration(self.recordRetention) >= duration('0s') && duration(self.recordRetention) <= duration('8784h'))").message("recordRetention must be a duration between 0s and 8784h"))]
 pub struct EphemeralIdentityClassSpec {
     /// The longest TTL an identity of this class may have (Go duration, at most `168h`).
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub max_ttl: Duration,
     /// TTL for identities that do not ask for one. Defaults to `maxTtl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub default_ttl: Option<Duration>,
     /// Namespaces whose identities may use this class, by label. Omitted together with
     /// `namespaces`: no namespace may (deny by default).
@@ -681,7 +696,10 @@ pub struct EphemeralIdentityClassSpec {
     /// How long a finished (expired, revoked or denied) identity stays as a record before it is
     /// deleted (Go duration). Defaults to `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub record_retention: Option<Duration>,
 }
 
@@ -801,7 +819,10 @@ pub struct EphemeralIdentitySpec {
     /// exceed its `maxTtl`. TTLs under the API server's 10-minute token minimum still end on time:
     /// the bound Secret is deleted at the TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub ttl: Option<Duration>,
     /// Audiences of the token; each must be allowed by the class. Omitted: the API server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

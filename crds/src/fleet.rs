@@ -65,7 +65,10 @@ pub struct FleetClusterSpec {
     pub paused: bool,
     /// How often the hub checks the cluster (Go duration). Defaults to `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub heartbeat_period: Option<Duration>,
 }
 
@@ -226,7 +229,10 @@ pub struct GitSource {
     pub secret_ref: Option<String>,
     /// How often to look for a new commit (Go duration). Defaults to `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub interval: Option<Duration>,
 }
 
@@ -341,7 +347,10 @@ pub struct StageTask {
     pub type_: StageTaskType,
     /// How long a `TimedWait` waits (Go duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub wait_time: Option<Duration>,
 }
 
@@ -371,12 +380,18 @@ pub struct StageGate {
     /// How long the gate must hold without interruption before the stage passes (Go duration). A
     /// flap restarts the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub min_bake_time: Option<Duration>,
     /// How long the stage may take to pass its gate before it fails (Go duration). Defaults to
     /// `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub timeout: Option<Duration>,
 }
 
@@ -497,7 +512,10 @@ pub struct ApplyStrategy {
     /// How often members are checked for drift once a rollout has finished (Go duration). Defaults
     /// to `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub drift_check_interval: Option<Duration>,
 }
 

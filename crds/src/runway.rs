@@ -291,7 +291,10 @@ pub struct SwitchStrategy {
     /// How long a candidate may take to become ready before the switch fails (Go duration).
     /// Defaults to `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub progress_deadline: Option<Duration>,
     /// What happens to a failed candidate: `Delete` (default) or `Keep` for debugging.
     #[serde(default)]
@@ -317,7 +320,10 @@ pub struct CanaryStep {
     #[schemars(range(min = 1, max = 100))]
     pub weight: i32,
     /// How long to hold this step before the next (Go duration).
-    #[schemars(length(max = 32), regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$")
+    )]
     pub pause: Duration,
 }
 

@@ -5,14 +5,16 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, future::BoxFuture};
 use k8s_openapi::api::{
-    core::v1::{Secret, ServiceAccount},
+    core::v1::{Namespace, Secret, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Api, ResourceExt,
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
-use overseer_crds::agents::{AgentApproval, EphemeralIdentity, EphemeralIdentityClass};
+use overseer_crds::agents::{
+    AgentApproval, EphemeralIdentity, EphemeralIdentityClass, IdentityPhase,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -53,6 +55,51 @@ fn error_policy(_identity: Arc<EphemeralIdentity>, error: &Error, _ctx: Arc<Cont
     requeue_after_error(error)
 }
 
+/// The class events that can change an identity's verdict: a new `metadata.generation` (its
+/// spec) or a deletion — not the class's own status writes, which come with every issue and
+/// expiry and would otherwise revisit every identity of the class each time. A relist passes
+/// every class once.
+#[derive(Debug, Default)]
+struct ClassSpecChanges {
+    seen: std::collections::HashMap<String, Option<i64>>,
+}
+
+impl ClassSpecChanges {
+    fn pass(
+        &mut self,
+        event: watcher::Event<EphemeralIdentityClass>,
+    ) -> Option<EphemeralIdentityClass> {
+        match event {
+            watcher::Event::Init => {
+                self.seen.clear();
+                None
+            }
+            watcher::Event::Apply(class) | watcher::Event::InitApply(class) => {
+                let generation = class.metadata.generation;
+                (self.seen.insert(class.name_any(), generation) != Some(generation))
+                    .then_some(class)
+            }
+            watcher::Event::Delete(class) => {
+                self.seen.remove(&class.name_any());
+                Some(class)
+            }
+            watcher::Event::InitDone => None,
+        }
+    }
+}
+
+fn class_spec_changes(
+    api: Api<EphemeralIdentityClass>,
+) -> impl futures::Stream<Item = Result<EphemeralIdentityClass, watcher::Error>> + Send + 'static {
+    let mut changes = ClassSpecChanges::default();
+    watcher::watcher(api, watcher::Config::default()).filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => changes.pass(event).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    })
+}
+
 async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let children = watcher::Config::default().labels(&child_selector());
@@ -62,6 +109,7 @@ async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken)
     );
     let store = controller.store();
     let by_class = store.clone();
+    let by_namespace = store.clone();
     let controller = controller
         .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
         .owns(Api::<Secret>::all(client.clone()), children.clone())
@@ -71,15 +119,33 @@ async fn run(ctx: Arc<Context>, ready: ReadyHandle, shutdown: CancellationToken)
             Api::<AgentApproval>::all(client.clone()),
             watcher::Config::default().labels(&approval::selector()),
         )
-        .watches(
-            Api::<EphemeralIdentityClass>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            class_spec_changes(Api::<EphemeralIdentityClass>::all(client.clone())),
             move |class: EphemeralIdentityClass| {
                 let name = class.name_any();
                 by_class
                     .state()
                     .into_iter()
                     .filter(|identity| identity.spec.class_name == name)
+                    .map(|identity| ObjectRef::from_obj(&*identity))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // A namespace relabelled out of a class's namespaceSelector ends its identities now,
+        // not at their expiry: each active one is revalidated when its namespace changes.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |namespace: Namespace| {
+                let name = namespace.name_any();
+                by_namespace
+                    .state()
+                    .into_iter()
+                    .filter(|identity| {
+                        identity.namespace().as_deref() == Some(name.as_str())
+                            && identity.status.as_ref().and_then(|s| s.phase)
+                                == Some(IdentityPhase::Active)
+                    })
                     .map(|identity| ObjectRef::from_obj(&*identity))
                     .collect::<Vec<_>>()
             },
@@ -151,5 +217,55 @@ async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
             Err(e) if e.is_not_leader() => {}
             Err(e) => warn!(error = %e, "orphan sweep failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use overseer_crds::agents::EphemeralIdentityClassSpec;
+
+    use super::*;
+
+    fn class(generation: i64) -> EphemeralIdentityClass {
+        let mut class = EphemeralIdentityClass::new(
+            "standard",
+            EphemeralIdentityClassSpec {
+                max_ttl: "1h".parse().expect("duration"),
+                default_ttl: None,
+                namespace_selector: None,
+                namespaces: Vec::new(),
+                allowed_roles: Vec::new(),
+                allowed_rules: Vec::new(),
+                allowed_audiences: Vec::new(),
+                require_approval: false,
+                approval: None,
+                record_retention: None,
+            },
+        );
+        class.metadata.generation = Some(generation);
+        class
+    }
+
+    #[test]
+    fn only_spec_changes_and_deletions_of_a_class_revisit_its_identities() {
+        use watcher::Event;
+        let mut changes = ClassSpecChanges::default();
+        let passed = |e: Option<EphemeralIdentityClass>| e.is_some();
+        assert!(passed(changes.pass(Event::Apply(class(1)))), "new class");
+        assert!(
+            !passed(changes.pass(Event::Apply(class(1)))),
+            "its own status write"
+        );
+        assert!(
+            passed(changes.pass(Event::Apply(class(2)))),
+            "a spec change"
+        );
+        assert!(passed(changes.pass(Event::Delete(class(2)))), "a deletion");
+        assert!(passed(changes.pass(Event::Apply(class(2)))), "recreated");
+        // A relist passes every class once, then filters again.
+        assert!(!passed(changes.pass(Event::Init)));
+        assert!(passed(changes.pass(Event::InitApply(class(2)))));
+        assert!(!passed(changes.pass(Event::InitDone)));
+        assert!(!passed(changes.pass(Event::Apply(class(2)))));
     }
 }

@@ -594,6 +594,13 @@ impl<'a> Run<'a> {
                 .revoke(reason::CLASS_CHANGED, message, Some(&class))
                 .await;
         }
+        // The TTL the identity asked for is checked above; the lifetime it was issued with is
+        // checked here, so lowering `maxTtl` also ends identities that took the class's default.
+        if let Some(message) = lifetime_over_max_ttl(status, ends, &class) {
+            return self
+                .revoke(reason::CLASS_CHANGED, message, Some(&class))
+                .await;
+        }
         let secret = self
             .api::<Secret>()
             .get_opt(&self.owner.names.secret)
@@ -870,4 +877,81 @@ pub fn requeue_until(now: Timestamp, at: Timestamp) -> Action {
 
 fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Why an active identity outlives its class: its issued lifetime (`expiresAt - issuedAt`) is
+/// longer than the class's current `maxTtl`. `None` when it fits, or when `issuedAt` is unreadable
+/// (then only `expiresAt` bounds it).
+fn lifetime_over_max_ttl(
+    status: Option<&overseer_crds::agents::EphemeralIdentityStatus>,
+    ends: Timestamp,
+    class: &EphemeralIdentityClass,
+) -> Option<String> {
+    let issued = status
+        .and_then(|s| s.issued_at.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())?;
+    let max = Duration::from(class.spec.max_ttl);
+    let lifetime = ends.duration_since(issued);
+    let over = SignedDuration::try_from(max).is_ok_and(|max| lifetime > max);
+    over.then(|| {
+        format!(
+            "the class no longer allows this identity: it was issued for {}, longer than the class's maxTtl {}",
+            super::checks::go_duration(lifetime.unsigned_abs()),
+            super::checks::go_duration(max)
+        )
+    })
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use overseer_crds::agents::{EphemeralIdentityClassSpec, EphemeralIdentityStatus};
+
+    use super::*;
+
+    fn class(max_ttl: &str) -> EphemeralIdentityClass {
+        EphemeralIdentityClass::new(
+            "standard",
+            EphemeralIdentityClassSpec {
+                max_ttl: max_ttl.parse().expect("duration"),
+                default_ttl: None,
+                namespace_selector: None,
+                namespaces: vec!["agents".into()],
+                allowed_roles: Vec::new(),
+                allowed_rules: Vec::new(),
+                allowed_audiences: Vec::new(),
+                require_approval: false,
+                approval: None,
+                record_retention: None,
+            },
+        )
+    }
+
+    #[test]
+    fn an_identity_issued_for_longer_than_a_lowered_max_ttl_is_over() {
+        let status = EphemeralIdentityStatus {
+            issued_at: Some("2030-01-01T08:00:00Z".into()),
+            ..EphemeralIdentityStatus::default()
+        };
+        let ends: Timestamp = "2030-01-01T16:00:00Z".parse().expect("time");
+        // Issued for 8h (the class's default) under maxTtl 8h: fits.
+        assert_eq!(
+            lifetime_over_max_ttl(Some(&status), ends, &class("8h")),
+            None
+        );
+        // The admin lowers maxTtl to 1h: the identity is over, whatever TTL it asked for.
+        let message = lifetime_over_max_ttl(Some(&status), ends, &class("1h")).expect("over");
+        assert!(
+            message.contains("issued for 8h0m0s, longer than the class's maxTtl 1h0m0s"),
+            "{message}"
+        );
+        // Without a readable issuedAt only expiresAt bounds it.
+        let unknown = EphemeralIdentityStatus {
+            issued_at: Some("not a time".into()),
+            ..EphemeralIdentityStatus::default()
+        };
+        assert_eq!(
+            lifetime_over_max_ttl(Some(&unknown), ends, &class("1h")),
+            None
+        );
+    }
 }
