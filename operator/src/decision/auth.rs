@@ -302,16 +302,6 @@ pub struct KeyRecord {
     caller: Caller,
 }
 
-/// A DNS-1123 label, as Kubernetes namespace names are.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Why the key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -428,7 +418,7 @@ impl Authenticator {
                         "{at}: namespace is only for agent keys (other roles act for any principal)"
                     ));
                 }
-                if !is_dns_label(ns) {
+                if !super::is_dns_label(ns) {
                     return Err(format!(
                         "{at}: namespace {ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
                     ));

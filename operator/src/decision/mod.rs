@@ -934,7 +934,7 @@ pub struct RevokeResponse {
 pub const REVOKE_AUDIT_PATH: &str = "overseer/admin/identities/revoke";
 
 /// Whether `s` is a DNS-1123 label (a namespace name).
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

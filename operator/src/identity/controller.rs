@@ -222,26 +222,10 @@ async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
-    use overseer_crds::agents::EphemeralIdentityClassSpec;
-
     use super::*;
 
     fn class(generation: i64) -> EphemeralIdentityClass {
-        let mut class = EphemeralIdentityClass::new(
-            "standard",
-            EphemeralIdentityClassSpec {
-                max_ttl: "1h".parse().expect("duration"),
-                default_ttl: None,
-                namespace_selector: None,
-                namespaces: Vec::new(),
-                allowed_roles: Vec::new(),
-                allowed_rules: Vec::new(),
-                allowed_audiences: Vec::new(),
-                require_approval: false,
-                approval: None,
-                record_retention: None,
-            },
-        );
+        let mut class = crate::identity::tests::bare_class("1h");
         class.metadata.generation = Some(generation);
         class
     }

@@ -904,27 +904,10 @@ fn lifetime_over_max_ttl(
 
 #[cfg(test)]
 mod lifetime_tests {
-    use overseer_crds::agents::{EphemeralIdentityClassSpec, EphemeralIdentityStatus};
+    use overseer_crds::agents::EphemeralIdentityStatus;
 
     use super::*;
-
-    fn class(max_ttl: &str) -> EphemeralIdentityClass {
-        EphemeralIdentityClass::new(
-            "standard",
-            EphemeralIdentityClassSpec {
-                max_ttl: max_ttl.parse().expect("duration"),
-                default_ttl: None,
-                namespace_selector: None,
-                namespaces: vec!["agents".into()],
-                allowed_roles: Vec::new(),
-                allowed_rules: Vec::new(),
-                allowed_audiences: Vec::new(),
-                require_approval: false,
-                approval: None,
-                record_retention: None,
-            },
-        )
-    }
+    use crate::identity::tests::bare_class as class;
 
     #[test]
     fn an_identity_issued_for_longer_than_a_lowered_max_ttl_is_over() {

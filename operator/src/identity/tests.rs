@@ -99,6 +99,25 @@ fn identity(status: Option<EphemeralIdentityStatus>) -> EphemeralIdentity {
     id
 }
 
+/// A class allowing nothing, with `max_ttl` (for tests of the class's own fields).
+pub(super) fn bare_class(max_ttl: &str) -> EphemeralIdentityClass {
+    EphemeralIdentityClass::new(
+        "standard",
+        EphemeralIdentityClassSpec {
+            max_ttl: max_ttl.parse().expect("duration"),
+            default_ttl: None,
+            namespace_selector: None,
+            namespaces: Vec::new(),
+            allowed_roles: Vec::new(),
+            allowed_rules: Vec::new(),
+            allowed_audiences: Vec::new(),
+            require_approval: false,
+            approval: None,
+            record_retention: None,
+        },
+    )
+}
+
 fn class() -> EphemeralIdentityClass {
     EphemeralIdentityClass::new(
         "standard",
