@@ -417,3 +417,182 @@ fn changing_a_review_is_judged_again() {
         Vec::<String>::new()
     );
 }
+
+/// `config/admission/operator_tokens_policy.yaml`: the operator's ServiceAccount requests tokens
+/// and writes Secrets only for EphemeralIdentities' own `eid-*` objects.
+mod operator_tokens {
+    use super::*;
+
+    const FILE: &str = "config/admission/operator_tokens_policy.yaml";
+
+    fn policy() -> ValidatingAdmissionPolicy {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILE);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut found = None;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::to_value(
+                <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+                    .expect("YAML document"),
+            )
+            .expect("JSON");
+            match value["kind"].as_str() {
+                Some("ValidatingAdmissionPolicy") => {
+                    found = Some(serde_json::from_value(value).expect("policy"));
+                }
+                Some("ValidatingAdmissionPolicyBinding") => {
+                    let binding: ValidatingAdmissionPolicyBinding =
+                        serde_json::from_value(value).expect("binding");
+                    let spec = binding.spec.expect("binding spec");
+                    assert_eq!(
+                        spec.policy_name.as_deref(),
+                        Some("overseer-operator-tokens")
+                    );
+                    assert_eq!(spec.validation_actions, Some(vec!["Deny".to_owned()]));
+                }
+                other => panic!("unexpected document of kind {other:?} in {FILE}"),
+            }
+        }
+        found.expect("a ValidatingAdmissionPolicy")
+    }
+
+    fn request(operation: &str, username: &str, resource: &str, name: &str) -> AdmissionRequest {
+        let (kind, resource_name) = match resource {
+            "secrets" => ("Secret", "secrets"),
+            _ => ("TokenRequest", "serviceaccounts"),
+        };
+        AdmissionRequest {
+            operation: operation.into(),
+            username: username.into(),
+            uid: "5b0e3f1c-2f7a-4c61-9a0e-3d1f2a9c7b10".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            name: name.into(),
+            namespace: "agents".into(),
+            dry_run: false,
+            kind: GroupVersionKind {
+                group: String::new(),
+                version: "v1".into(),
+                kind: kind.into(),
+            },
+            resource: GroupVersionResource {
+                group: String::new(),
+                version: "v1".into(),
+                resource: resource_name.into(),
+            },
+        }
+    }
+
+    fn evaluate(expressions: &[VapExpression], req: &AdmissionRequest) -> Vec<(bool, String)> {
+        VapEvaluator::builder()
+            .object(json!({}))
+            .request(req.clone())
+            .build()
+            .evaluate(expressions)
+            .into_iter()
+            .map(|r| (r.passed, r.message.unwrap_or(r.expression)))
+            .collect()
+    }
+
+    /// `None` when the policy does not match the request (its matchConditions are false), else
+    /// the messages of the failed validations.
+    fn denials(operation: &str, username: &str, resource: &str, name: &str) -> Option<Vec<String>> {
+        let spec = policy().spec.expect("spec");
+        let conditions: Vec<VapExpression> = spec
+            .match_conditions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| VapExpression {
+                expression: c.expression,
+                message: None,
+                message_expression: None,
+            })
+            .collect();
+        let validations: Vec<VapExpression> = spec
+            .validations
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VapExpression {
+                expression: v.expression,
+                message: v.message,
+                message_expression: v.message_expression,
+            })
+            .collect();
+        let req = request(operation, username, resource, name);
+        if !evaluate(&conditions, &req)
+            .iter()
+            .all(|(passed, _)| *passed)
+        {
+            return None;
+        }
+        Some(
+            evaluate(&validations, &req)
+                .into_iter()
+                .filter(|(passed, _)| !passed)
+                .map(|(_, message)| message)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn it_matches_token_requests_and_secret_writes_of_the_operator_only() {
+        let spec = policy().spec.expect("spec");
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+        let rules = spec
+            .match_constraints
+            .and_then(|m| m.resource_rules)
+            .expect("resource rules");
+        let matched: Vec<(Vec<String>, Vec<String>)> = rules
+            .into_iter()
+            .map(|r| {
+                (
+                    r.resources.unwrap_or_default(),
+                    r.operations.unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(matched.contains(&(vec!["serviceaccounts/token".into()], vec!["CREATE".into()])));
+        assert!(matched.contains(&(
+            vec!["secrets".into()],
+            vec!["CREATE".into(), "UPDATE".into(), "DELETE".into()]
+        )));
+        // Nobody else's requests are evaluated at all.
+        assert_eq!(denials("CREATE", AGENT, "secrets", "anything"), None);
+        assert_eq!(denials("CREATE", AGENT, "token", "default"), None);
+    }
+
+    #[test]
+    fn the_operator_mints_tokens_only_for_identity_service_accounts() {
+        assert_eq!(
+            denials("CREATE", OPERATOR, "token", "eid-build-fix-3f9a1c2b"),
+            Some(vec![])
+        );
+        for name in ["default", "admin", "cluster-admin-sa"] {
+            let denied = denials("CREATE", OPERATOR, "token", name).expect("matched");
+            assert_denied_with(
+                &denied,
+                &format!("may not request a token for the ServiceAccount agents/{name}"),
+            );
+        }
+    }
+
+    #[test]
+    fn the_operator_writes_only_identity_token_secrets() {
+        for operation in ["CREATE", "UPDATE", "DELETE"] {
+            assert_eq!(
+                denials(
+                    operation,
+                    OPERATOR,
+                    "secrets",
+                    "eid-build-fix-3f9a1c2b-token"
+                ),
+                Some(vec![]),
+                "{operation}"
+            );
+            let denied = denials(operation, OPERATOR, "secrets", "ingress-tls").expect("matched");
+            assert_denied_with(&denied, "eid-*");
+            let denied =
+                denials(operation, OPERATOR, "secrets", "eid-build-fix-3f9a1c2b").expect("matched");
+            assert_denied_with(&denied, "eid-*-token");
+        }
+    }
+}

@@ -820,6 +820,30 @@ fn admission_policy_trusts_the_operators_service_account() {
         "ValidatingAdmissionPolicyBinding",
         "overseer-agentapproval-review",
     );
+    // The operator's token requests and Secret writes are narrowed to its own eid-* objects.
+    let tokens: ValidatingAdmissionPolicy = one(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "overseer-operator-tokens",
+    );
+    let conditions: Vec<String> = tokens
+        .spec
+        .and_then(|s| s.match_conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.expression)
+        .collect();
+    assert!(
+        conditions
+            .iter()
+            .any(|e| e.contains(&format!("'{OPERATOR_SA}'"))),
+        "{conditions:?}"
+    );
+    let _: ValidatingAdmissionPolicyBinding = one(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "overseer-operator-tokens",
+    );
     let _: Namespace = one(&objects, "Namespace", NAMESPACE);
     let _: PodDisruptionBudget = one(&objects, "PodDisruptionBudget", "overseer");
 }
