@@ -169,6 +169,26 @@ impl<'a> Run<'a> {
             .is_some_and(|s| s.service_account_name.is_some() || s.secret_name.is_some())
     }
 
+    /// Why the identity may no longer be issued, as the API server has it now (not the cache):
+    /// deleted, replaced by another of the same name, ended, or revoked.
+    async fn ended_meanwhile(&self) -> Result<Option<&'static str>> {
+        let live = self
+            .api::<EphemeralIdentity>()
+            .get_opt(&self.owner.name)
+            .await?;
+        Ok(match live {
+            None => Some("it was deleted"),
+            Some(live) if live.uid() != self.identity.uid() => Some("it was replaced"),
+            Some(live) if live.spec.revoked => Some("spec.revoked is true"),
+            Some(live) => match live.status.as_ref().and_then(|s| s.phase) {
+                Some(IdentityPhase::Expired | IdentityPhase::Revoked | IdentityPhase::Denied) => {
+                    Some("it has ended")
+                }
+                _ => None,
+            },
+        })
+    }
+
     fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -287,6 +307,16 @@ impl<'a> Run<'a> {
             return Ok((self.activate(issued_at, expires_at, class).await?, true));
         }
 
+        // Everything above read the cached identity; before anything is created or minted, read
+        // it from the API server: a watch lagging by more than the TTL can hand us a `Pending`
+        // copy of an identity that has since expired or been revoked.
+        if let Some(why) = self.ended_meanwhile().await? {
+            info!(identity = %self.owner.name, namespace = %self.owner.namespace, why, "not issued: the cached identity is stale");
+            if self.may_have_children() {
+                self.delete_children().await?;
+            }
+            return Ok((Action::await_change(), false));
+        }
         if !self.may_have_children() {
             self.write_status(
                 IdentityPhase::Pending,

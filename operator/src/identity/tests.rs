@@ -32,6 +32,8 @@ const NAME: &str = "fix-bug";
 const UID: &str = "3f1c2d4e-uid";
 const SECRET_UID: &str = "9a8b7c6d-secret-uid";
 const CLASS_PATH: &str = "/apis/agents.overseer.dev/v1alpha1/ephemeralidentityclasses/standard";
+const IDENTITY_PATH: &str =
+    "/apis/agents.overseer.dev/v1alpha1/namespaces/agents/ephemeralidentities/fix-bug";
 const STATUS_PATH: &str = "/apis/agents.overseer.dev/v1alpha1/namespaces/agents/ephemeralidentities/fix-bug/status?&force=true&fieldManager=overseer-identity-status";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/agents/events?";
 
@@ -318,6 +320,8 @@ fn issuing_requests() -> Vec<ExpectedRequest> {
         get(rbac("roles", &names.role), not_found()),
         get(rbac("rolebindings", &names.rules_binding), not_found()),
         get(rbac("rolebindings", &view_binding), not_found()),
+        // The identity as the API server has it, before anything is created.
+        get(IDENTITY_PATH.into(), (200, json_of(&identity(None)))),
         ExpectedRequest::apply(STATUS_PATH, status_body(issuing_status.clone()))
             .respond(200, status_response(issuing_status).1),
         apply(
@@ -576,6 +580,7 @@ async fn an_empty_secret_left_by_a_crash_is_replaced_before_requesting() {
         get(rbac("roles", &names.role), not_found()),
         get(rbac("rolebindings", &names.rules_binding), not_found()),
         get(rbac("rolebindings", &view_binding), not_found()),
+        get(IDENTITY_PATH.into(), (200, json_of(&identity(None)))),
         // Names already recorded: no Issuing status write.
         apply(ssa(core("serviceaccounts", &names.service_account)), json_of(&o.service_account())),
         apply(ssa(rbac("roles", &names.role)), json_of(&o.role(&[pods_get()]).expect("role"))),
@@ -601,6 +606,38 @@ async fn an_empty_secret_left_by_a_crash_is_replaced_before_requesting() {
         result.expect_err("token request failed").metric_label(),
         "kube_api_server_error"
     );
+}
+
+#[tokio::test]
+async fn a_stale_pending_copy_of_an_ended_identity_is_not_issued_again() {
+    // The cache still says Pending (issuing, names recorded), but the identity expired and was
+    // revoked meanwhile: the fresh read stops the mint, and what the cached run could have
+    // recreated is deleted again.
+    let o = owner();
+    let names = o.names.clone();
+    let view_binding = names.role_binding(&view());
+    let mut cached = active_status(at(240));
+    cached.phase = Some(IdentityPhase::Pending);
+    let mut live = active_status(at(-60));
+    live.phase = Some(IdentityPhase::Expired);
+    let mut expected = vec![
+        get(CLASS_PATH.into(), (200, json_of(&class()))),
+        get(core("secrets", &names.secret), not_found()),
+        get(core("serviceaccounts", &names.service_account), not_found()),
+        get(rbac("roles", &names.role), not_found()),
+        get(rbac("rolebindings", &names.rules_binding), not_found()),
+        get(rbac("rolebindings", &view_binding), not_found()),
+        get(IDENTITY_PATH.into(), (200, json_of(&identity(Some(live))))),
+    ];
+    expected.extend(revocation_requests(&o));
+    let id = identity(Some(cached));
+    let action = run_scenario(
+        expected,
+        |ctx| async move { apply_at(&id, &ctx, now()).await },
+    )
+    .await
+    .expect("reconciled");
+    assert_eq!(action, Action::await_change());
 }
 
 fn revocation_requests(o: &Owner) -> Vec<ExpectedRequest> {
