@@ -127,6 +127,16 @@ pub fn revision_name(runtime_name: &str, hash: &str) -> String {
     while prefix.ends_with('-') {
         prefix.pop();
     }
+    // Where the prefix lost part of the runtime name (cut, or characters replaced), two runtimes
+    // of one namespace could get the same prefix — and, with the same spec, the same revision
+    // name. The hash part then also covers the full runtime name, so their names differ.
+    let hash = if prefix == runtime_name || hash.is_empty() {
+        hash
+    } else {
+        let mut mixed = hex::encode(Sha256::digest(format!("{hash}/{runtime_name}").as_bytes()));
+        mixed.truncate(hash.len());
+        mixed
+    };
     match (prefix.is_empty(), hash.is_empty()) {
         (true, true) => "r".to_string(),
         (true, false) => format!("r-{hash}"),
@@ -235,17 +245,39 @@ mod tests {
         let long = "a".repeat(100);
         let name = revision_name(&long, "0123456789");
         assert_eq!(name.len(), MAX_REVISION_NAME_LEN);
-        assert!(name.ends_with("-0123456789"));
-        for (runtime, want) in [
-            ("my.model.v2", "my-model-v2-abcdef0123"),
-            ("9lives", "r9lives-abcdef0123"),
-            ("Qwen", "qwen-abcdef0123"),
-            ("", "r-abcdef0123"),
+        assert!(
+            !name.ends_with("-0123456789"),
+            "a cut name's hash also covers the full name: {name}"
+        );
+        assert_eq!(
+            revision_name("my-model-v2", "abcdef0123"),
+            "my-model-v2-abcdef0123"
+        );
+        for (runtime, prefix) in [
+            ("my.model.v2", "my-model-v2-"),
+            ("9lives", "r9lives-"),
+            ("Qwen", "qwen-"),
+            ("", "r-"),
         ] {
             let name = revision_name(runtime, "abcdef0123");
-            assert_eq!(name, want);
+            assert!(name.starts_with(prefix), "{name}");
+            assert_eq!(name.len(), prefix.len() + HASH_LEN, "{name}");
             assert!(is_dns1035_label(&name, MAX_REVISION_NAME_LEN), "{name}");
         }
+        // Runtime names that only differ past the cut, or in a replaced character, get
+        // different revision names for the same spec.
+        let a = format!("{}-prod-a", "qwen3-8b-instruct-customer-support");
+        let b = format!("{}-prod-b", "qwen3-8b-instruct-customer-support");
+        assert_ne!(
+            revision_name(&a, "abcdef0123"),
+            revision_name(&b, "abcdef0123")
+        );
+        assert_ne!(
+            revision_name("a.b", "abcdef0123"),
+            revision_name("a-b", "abcdef0123")
+        );
+        // A name kept whole keeps the spec's hash as it is.
+        assert_eq!(revision_name("a-b", "abcdef0123"), "a-b-abcdef0123");
         // A cut that lands on a dash does not leave `--`.
         let name = revision_name(&format!("{}-b", "a".repeat(35)), "abcdef0123");
         assert!(is_dns1035_label(&name, 63), "{name}");
