@@ -12,6 +12,15 @@
 //! - `jsonPatch` is an RFC 6902 patch applied atomically per object (the `json-patch` crate). A
 //!   patch that does not apply, or that leaves the object without `apiVersion`, `kind` or
 //!   `metadata.name`, is an error naming the override, the object and the operation.
+//! - Operations are applied one at a time, and an object whose JSON serialization grows past
+//!   [`MAX_PATCHED_OBJECT_BYTES`] is refused: a `copy` of a value into its own child doubles the
+//!   document at each operation, so a few dozen operations would otherwise exhaust memory.
+//!
+//! # Revision
+//! The revision a rollout rolls out is [`revision_with_overrides`]: the source's revision when
+//! there are no overrides, otherwise a digest of the source's revision and the overrides. Editing
+//! `spec.overrides` is thus a new revision, which goes through the stages, gates and approvals
+//! like a source change, and whose snapshot keeps the overrides it was rendered with.
 //!
 //! # Variables
 //! String values anywhere inside an operation's `value` may use:
@@ -32,6 +41,13 @@ use kube::{
 };
 use overseer_crds::fleet::{JsonPatchOp, JsonPatchOpKind, Override, OverrideTarget};
 use serde_json::Value;
+
+/// The largest JSON serialization (in bytes) an object may reach while overrides are applied to
+/// it: 1 MiB. The Kubernetes API server refuses requests over about 1.5 MiB (etcd's default
+/// request limit), so a patched object over 1 MiB could not be applied anyway; stopping there
+/// keeps a hostile or mistaken patch (e.g. `copy` of `/spec` into `/spec/a`, doubling the object
+/// at each operation) from exhausting the operator's memory.
+pub const MAX_PATCHED_OBJECT_BYTES: usize = 1024 * 1024;
 
 /// Why the overrides could not be applied for a cluster. Every message names the override (by
 /// index and name) and, where there is one, the object and the operation.
@@ -103,6 +119,24 @@ pub enum OverrideError {
         /// Why.
         message: String,
     },
+    /// Patching made the object larger than [`MAX_PATCHED_OBJECT_BYTES`].
+    #[error(
+        "overrides[{index}] ({name:?}): jsonPatch[{op}] ({op_desc}) makes {object} larger than {limit} bytes serialized; Kubernetes could not store it, check the patch (e.g. a copy of a value into its own child)"
+    )]
+    TooLarge {
+        /// Index in `spec.overrides`.
+        index: usize,
+        /// Override name.
+        name: String,
+        /// Index in `jsonPatch` of the operation that crossed the limit.
+        op: usize,
+        /// `op path` of that operation.
+        op_desc: String,
+        /// `apiVersion/kind namespace/name` of the object.
+        object: String,
+        /// The limit, [`MAX_PATCHED_OBJECT_BYTES`].
+        limit: usize,
+    },
     /// The patched object is no longer a Kubernetes object.
     #[error("overrides[{index}] ({name:?}): patching {object} left an invalid object: {message}")]
     InvalidResult {
@@ -127,8 +161,28 @@ impl OverrideError {
             OverrideError::NoMatchingObject { .. } => "OverrideTargetNotFound",
             OverrideError::Patch { .. } => "PatchFailed",
             OverrideError::InvalidResult { .. } => "PatchFailed",
+            OverrideError::TooLarge { .. } => "PatchTooLarge",
         }
     }
+}
+
+/// The revision of a source revision rendered with `overrides`: `source_revision` itself when
+/// `overrides` is empty (so rollouts without overrides keep their revisions), otherwise
+/// `sha256:<hex>` of the source revision, a newline and the overrides in canonical JSON (keys
+/// sorted at every level). Any change to the overrides (their order included, which matters)
+/// changes it.
+pub fn revision_with_overrides(source_revision: &str, overrides: &[Override]) -> String {
+    use sha2::{Digest, Sha256};
+    if overrides.is_empty() {
+        return source_revision.to_owned();
+    }
+    let mut buf = Vec::with_capacity(source_revision.len() + 1);
+    buf.extend_from_slice(source_revision.as_bytes());
+    buf.push(b'\n');
+    // Overrides are plain data (string keys, finite numbers): they always serialize.
+    let value = serde_json::to_value(overrides).unwrap_or(Value::Null);
+    crate::source::render::write_canonical(&value, &mut buf);
+    format!("sha256:{}", hex::encode(Sha256::digest(&buf)))
 }
 
 /// Applies the `overrides` whose cluster selector matches `cluster_labels` to `objects`, for the
@@ -247,18 +301,32 @@ fn apply_one(
         message,
     };
     let mut doc = serde_json::to_value(obj).map_err(|e| invalid_result(e.to_string()))?;
-    json_patch::patch(&mut doc, patch).map_err(|e| OverrideError::Patch {
-        index,
-        name: ov.name.clone(),
-        op: e.operation,
-        op_desc: ov
-            .json_patch
-            .get(e.operation)
-            .map(op_desc)
-            .unwrap_or_default(),
-        object: object.clone(),
-        message: format!("{} ({})", e.kind, e.path),
-    })?;
+    // One operation at a time, measuring the document after each: a single operation can at most
+    // double it, so memory stays within a small multiple of the limit. `doc` is a copy, so a
+    // failure part-way leaves the rendered object untouched (the patch stays atomic).
+    for (i, operation) in patch.0.iter().enumerate() {
+        let desc = || ov.json_patch.get(i).map(op_desc).unwrap_or_default();
+        json_patch::patch(&mut doc, std::slice::from_ref(operation)).map_err(|e| {
+            OverrideError::Patch {
+                index,
+                name: ov.name.clone(),
+                op: i,
+                op_desc: desc(),
+                object: object.clone(),
+                message: format!("{} ({})", e.kind, e.path),
+            }
+        })?;
+        if serialized_len_exceeds(&doc, MAX_PATCHED_OBJECT_BYTES) {
+            return Err(OverrideError::TooLarge {
+                index,
+                name: ov.name.clone(),
+                op: i,
+                op_desc: desc(),
+                object: object.clone(),
+                limit: MAX_PATCHED_OBJECT_BYTES,
+            });
+        }
+    }
     for (pointer, what) in [
         ("/apiVersion", "apiVersion"),
         ("/kind", "kind"),
@@ -273,6 +341,29 @@ fn apply_one(
         }
     }
     serde_json::from_value(doc).map_err(|e| invalid_result(e.to_string()))
+}
+
+/// Whether `doc`'s compact JSON serialization is longer than `limit` bytes. Counts without
+/// allocating, and stops writing as soon as the limit is crossed.
+fn serialized_len_exceeds(doc: &Value, limit: usize) -> bool {
+    struct Counter {
+        len: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.len = self.len.saturating_add(buf.len());
+            if self.len > self.limit {
+                return Err(std::io::Error::other("limit exceeded"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { len: 0, limit };
+    serde_json::to_writer(&mut counter, doc).is_err()
 }
 
 /// The API group of an `apiVersion` (`""` for the core group).

@@ -55,7 +55,8 @@
 //!   as `Superseded` in `history` and starts again from the first stage.
 //! - A finished (`Succeeded`) rollout still applies its revision to clusters that join later.
 //!   Clusters that leave the targets after being updated are pruned when `applyStrategy.prune`
-//!   (default true) is set.
+//!   (default true) is set, but not while `state` is `Pause` or `Abandon`: such a cluster stays
+//!   in the status (and its objects on the member) until the rollout executes again.
 //! - **Conditions**: `Ready` is `True` only when the target revision completed every stage;
 //!   `Reconciling` and `Progressing` are `True` while it moves (kstatus reads `Reconciling`);
 //!   `Stalled` is `True` when it failed, rolled back, was abandoned, or the spec is invalid.
@@ -796,8 +797,10 @@ impl<'a> Planner<'a> {
             .map(|s| (s.name.clone(), s))
             .collect();
         let mut old_clusters: HashMap<String, ClusterRolloutStatus> = HashMap::new();
+        let mut old_stage_of: HashMap<String, String> = HashMap::new();
         for s in old.values_mut() {
             for c in s.clusters.drain(..) {
+                old_stage_of.insert(c.name.clone(), s.name.clone());
                 old_clusters.insert(c.name.clone(), c);
             }
         }
@@ -837,7 +840,24 @@ impl<'a> Planner<'a> {
             .filter(|c| c.applied_revision.is_some())
             .collect();
         left.sort_by(|a, b| a.name.cmp(&b.name));
+        // `state: Pause` holds every change to members and `Abandon` leaves them as they are: a
+        // cluster that left the targets keeps its place (and its objects) until the rollout
+        // executes again, and is pruned then.
+        let hold = spec.state != RolloutState::Execute;
         for c in left {
+            if hold {
+                let stage = old_stage_of
+                    .get(&c.name)
+                    .and_then(|name| self.st.stages.iter_mut().find(|s| &s.name == name));
+                if let Some(stage) = stage {
+                    stage.clusters.push(c);
+                    continue;
+                }
+                if let Some(stage) = self.st.stages.last_mut() {
+                    stage.clusters.push(c);
+                    continue;
+                }
+            }
             if prune {
                 self.actions.push(Action::Prune {
                     cluster: c.name.clone(),

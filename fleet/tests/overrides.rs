@@ -395,3 +395,72 @@ fn invalid_selector_and_missing_from_are_reported() {
     );
     assert!(err.to_string().contains("bad-pointer"), "{err}");
 }
+
+#[test]
+fn self_copy_growth_is_refused_past_the_size_limit() {
+    // Each `copy /spec -> /spec/a<i>` (a new key each time) doubles the object; 16 of them would
+    // make it megabytes (and the 64 the CRD allows would exhaust memory), so the patch stops at
+    // the 1 MiB bound.
+    let copies = |count: usize| -> Vec<JsonPatchOp> {
+        (0..count)
+            .map(|i| JsonPatchOp {
+                op: JsonPatchOpKind::Copy,
+                path: format!("/spec/a{i}"),
+                from: Some("/spec".into()),
+                value: None,
+            })
+            .collect()
+    };
+    for count in [16, 64] {
+        let overrides = vec![ov(
+            "grow",
+            LabelSelector::default(),
+            target(Some("apps"), "Deployment", Some("web")),
+            copies(count),
+        )];
+        let err = render_for_cluster(&objects(), &overrides, "c", &BTreeMap::new()).unwrap_err();
+        match &err {
+            OverrideError::TooLarge {
+                index, op, limit, ..
+            } => {
+                assert_eq!(*index, 0);
+                assert!(*op < 16, "stopped at jsonPatch[{op}]");
+                assert_eq!(*limit, fleet::overrides::MAX_PATCHED_OBJECT_BYTES);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(err.category(), "PatchTooLarge");
+        let msg = err.to_string();
+        assert!(msg.contains("copy /spec -> /spec/a"), "{msg}");
+        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+        assert!(msg.contains("apps/v1 Deployment shop/web"), "{msg}");
+    }
+    // A handful of copies stays well under the bound and applies.
+    let overrides = vec![ov(
+        "grow-a-little",
+        LabelSelector::default(),
+        target(Some("apps"), "Deployment", Some("web")),
+        copies(3),
+    )];
+    render_for_cluster(&objects(), &overrides, "c", &BTreeMap::new()).expect("small growth");
+}
+
+#[test]
+fn the_revision_covers_the_overrides() {
+    use fleet::overrides::revision_with_overrides;
+    let a = vec![ov(
+        "a",
+        LabelSelector::default(),
+        target(None, "ConfigMap", None),
+        vec![op(JsonPatchOpKind::Add, "/data/a", Some(json!("1")))],
+    )];
+    let mut b = a.clone();
+    b[0].json_patch[0].value = Some(json!("2"));
+    // No overrides: the source's revision as it was.
+    assert_eq!(revision_with_overrides("sha256:src", &[]), "sha256:src");
+    let ra = revision_with_overrides("sha256:src", &a);
+    assert!(ra.starts_with("sha256:") && ra != "sha256:src", "{ra}");
+    assert_eq!(ra, revision_with_overrides("sha256:src", &a), "stable");
+    assert_ne!(ra, revision_with_overrides("sha256:src", &b));
+    assert_ne!(ra, revision_with_overrides("sha256:other", &a));
+}

@@ -33,7 +33,7 @@
 
 pub mod flux;
 pub mod git;
-mod render;
+pub(crate) mod render;
 
 use std::{
     collections::HashMap,

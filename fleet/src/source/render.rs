@@ -228,7 +228,8 @@ pub(crate) fn revision_of(objects: &[DynamicObject]) -> String {
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+/// `v` as canonical JSON: object keys sorted at every level, no whitespace.
+pub(crate) fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();

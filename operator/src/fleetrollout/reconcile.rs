@@ -31,6 +31,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use fleet::{
     health::{GateEvaluator, Health},
+    overrides,
     planner::{
         self, Action as PlanAction, ClusterObservation, EventType, MemberCluster, PlanInput,
     },
@@ -49,7 +50,7 @@ use overseer_crds::{
     common::CONDITION_READY,
     fleet::{
         DriftAction, DriftedObject, FleetApproval, FleetApprovalSpec, FleetCluster, FleetRollout,
-        FleetRolloutStatus, RolloutPhase, TaskWhen,
+        FleetRolloutStatus, RolloutPhase, RolloutState, TaskWhen,
     },
 };
 use tracing::{debug, warn};
@@ -148,8 +149,8 @@ struct Observed {
 struct RolloutMemory {
     /// Last observation per cluster (after a completed apply or a read).
     observed: HashMap<String, Observed>,
-    /// Rendered objects by revision (as snapshotted).
-    snapshots: HashMap<String, Arc<Vec<DynamicObject>>>,
+    /// Rendered objects and their overrides by revision (as snapshotted).
+    snapshots: HashMap<String, Arc<snapshot::Snapshot>>,
     /// When members were last checked for drift.
     drift_checked: Option<Instant>,
 }
@@ -352,7 +353,7 @@ impl<'a, D: Delivery> Run<'a, D> {
 
     async fn reconcile(mut self) -> Result<Action> {
         // 1. The source.
-        let rendered = match tokio::time::timeout(
+        let mut rendered = match tokio::time::timeout(
             self.limits().resolve_timeout,
             self.fleet.delivery.resolve(self.rollout),
         )
@@ -368,6 +369,10 @@ impl<'a, D: Delivery> Run<'a, D> {
                 return self.blocked(reason::SOURCE_FAILED, &e).await;
             }
         };
+        // The overrides are part of the revision: editing them is a new revision, rolled out
+        // through the stages, gates and approvals, and snapshotted with the objects.
+        rendered.revision =
+            overrides::revision_with_overrides(&rendered.revision, &self.rollout.spec.overrides);
         // 2. The gates.
         let mut gates = Vec::with_capacity(self.rollout.spec.stages.len());
         for stage in &self.rollout.spec.stages {
@@ -381,7 +386,10 @@ impl<'a, D: Delivery> Run<'a, D> {
         }
         let mut status = self.status();
         let new_revision = status.target_revision.as_deref() != Some(rendered.revision.as_str());
-        let rendered_objects = Arc::new(rendered.objects.clone());
+        let rendered_objects = Arc::new(snapshot::Snapshot {
+            objects: rendered.objects.clone(),
+            overrides: Some(self.rollout.spec.overrides.clone()),
+        });
         if !new_revision {
             self.fleet.memory.with(&self.uid, |m| {
                 m.snapshots
@@ -441,7 +449,7 @@ impl<'a, D: Delivery> Run<'a, D> {
                     .reapply_jobs(&status, &observations, &rendered.revision, &per_cluster)
                     .await?;
                 if new_revision {
-                    match snapshot::build(self.rollout, &rendered) {
+                    match snapshot::build(self.rollout, &rendered, &self.rollout.spec.overrides) {
                         Ok(cm) => {
                             snapshot::save(&self.snapshots(), &self.ctx.leader, &cm).await?;
                             self.fleet.memory.with(&self.uid, |m| {
@@ -531,6 +539,13 @@ impl<'a, D: Delivery> Run<'a, D> {
             }
             // A later pass's timers replace this one's.
             requeue = None;
+            // What a cluster showed before this apply or rollback says nothing about its outcome:
+            // an old (revision, Healthy) would otherwise mark a rollback to that revision done
+            // though its apply timed out. Only the job's own result (or a later read) counts.
+            for job in &jobs {
+                observations.remove(&job.cluster);
+                self.forget(&job.cluster);
+            }
             let results = self.run_jobs(jobs, &status, &gates).await;
             let mut observed_any = false;
             for result in results {
@@ -631,7 +646,7 @@ impl<'a, D: Delivery> Run<'a, D> {
         cluster: &str,
         revision: &str,
     ) -> Result<Result<Vec<DynamicObject>, String>> {
-        let objects = match self
+        let snap = match self
             .fleet
             .memory
             .with(&self.uid, |m| m.snapshots.get(revision).cloned())
@@ -656,11 +671,24 @@ impl<'a, D: Delivery> Run<'a, D> {
         let Some(fc) = self.by_name.get(cluster).copied() else {
             return Ok(Err(format!("cluster {cluster} is not registered")));
         };
+        // The revision's own overrides; the current ones only for a snapshot from before they
+        // were kept.
+        let overrides = snap
+            .overrides
+            .as_deref()
+            .unwrap_or(&self.rollout.spec.overrides);
         Ok(self
             .fleet
             .delivery
-            .render(&objects, &self.rollout.spec.overrides, fc)
+            .render(&snap.objects, overrides, fc)
             .map_err(|e| format!("cannot render revision {revision}: {}", e.message)))
+    }
+
+    /// Drops the remembered observation of `cluster`.
+    fn forget(&self, cluster: &str) {
+        self.fleet.memory.with(&self.uid, |m| {
+            m.observed.remove(cluster);
+        });
     }
 
     fn remember(&self, cluster: &str, observation: &ClusterObservation) {
@@ -688,8 +716,11 @@ impl<'a, D: Delivery> Run<'a, D> {
     }
 
     /// Whether a finished rollout is due a drift check.
+    /// Never while `state` is `Pause` (which holds every apply) or `Abandon` (which leaves members
+    /// as they are): a drift check with `whenDrifted: Correct` re-applies.
     fn drift_due(&self, status: &FleetRolloutStatus) -> bool {
-        status.phase == Some(RolloutPhase::Succeeded)
+        self.rollout.spec.state == RolloutState::Execute
+            && status.phase == Some(RolloutPhase::Succeeded)
             && status.target_revision == status.last_succeeded_revision
             && self.fleet.memory.with(&self.uid, |m| {
                 m.drift_checked
@@ -890,11 +921,11 @@ impl<'a, D: Delivery> Run<'a, D> {
 
     /// Kinds this rollout may have left on members: those of every revision this process holds.
     fn known_kinds(&self) -> Vec<kube::api::GroupVersionKind> {
-        let snapshots: Vec<Arc<Vec<DynamicObject>>> = self
+        let snapshots: Vec<Arc<snapshot::Snapshot>> = self
             .fleet
             .memory
             .with(&self.uid, |m| m.snapshots.values().cloned().collect());
-        kinds_of(snapshots.iter().flat_map(|s| s.iter()))
+        kinds_of(snapshots.iter().flat_map(|s| s.objects.iter()))
     }
 
     /// Apply concurrently, each job under the apply timeout.

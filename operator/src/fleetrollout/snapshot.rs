@@ -11,7 +11,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, DynamicObject, ListParams, ObjectMeta},
 };
-use overseer_crds::fleet::FleetRollout;
+use overseer_crds::fleet::{FleetRollout, Override};
 
 use super::delivery::Rendered;
 use crate::{
@@ -28,6 +28,10 @@ pub const ROLLOUT_LABEL: &str = "fleet.overseer.dev/rollout";
 pub const REVISION_ANNOTATION: &str = "fleet.overseer.dev/revision";
 /// The key holding the objects (a JSON array), as binary data so nothing re-encodes it.
 pub const DATA_KEY: &str = "objects.json";
+/// The key holding the rollout's `spec.overrides` the revision was rendered with (a JSON array):
+/// a rollback renders the old objects with the old overrides. Snapshots written before it existed
+/// lack it.
+pub const OVERRIDES_KEY: &str = "overrides.json";
 /// What a ConfigMap can hold (the API server refuses objects over 1 MiB); a little room is left
 /// for metadata.
 pub const MAX_SNAPSHOT_BYTES: usize = 1_000_000;
@@ -51,6 +55,17 @@ pub enum SnapshotError {
     /// Serialization failed.
     #[error("cannot serialize the rendered objects: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+/// What a snapshot holds: the source's objects of one revision and the overrides it was rendered
+/// with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The rendered objects, before per-cluster overrides.
+    pub objects: Vec<DynamicObject>,
+    /// The rollout's `spec.overrides` of the revision; `None` for a snapshot written before
+    /// overrides were kept (the rollout's current overrides are used then).
+    pub overrides: Option<Vec<Override>>,
 }
 
 /// A valid label value for `name`: at most 63 characters, alphanumeric at both ends.
@@ -83,8 +98,13 @@ pub fn snapshot_name(rollout: &str, revision: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
-/// The snapshot ConfigMap of `rendered` for `rollout`, controlled by it.
-pub fn build(rollout: &FleetRollout, rendered: &Rendered) -> Result<ConfigMap, SnapshotError> {
+/// The snapshot ConfigMap of `rendered`, rendered with `overrides`, for `rollout`, controlled by
+/// it.
+pub fn build(
+    rollout: &FleetRollout,
+    rendered: &Rendered,
+    overrides: &[Override],
+) -> Result<ConfigMap, SnapshotError> {
     let name = rollout
         .metadata
         .name
@@ -99,8 +119,10 @@ pub fn build(rollout: &FleetRollout, rendered: &Rendered) -> Result<ConfigMap, S
         .controller_owner_ref(&())
         .ok_or(SnapshotError::MissingKey("uid"))?;
     let bytes = serde_json::to_vec(&rendered.objects)?;
-    if bytes.len() > MAX_SNAPSHOT_BYTES {
-        return Err(SnapshotError::TooLarge { size: bytes.len() });
+    let override_bytes = serde_json::to_vec(overrides)?;
+    let size = bytes.len() + override_bytes.len();
+    if size > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge { size });
     }
     Ok(ConfigMap {
         metadata: ObjectMeta {
@@ -120,7 +142,10 @@ pub fn build(rollout: &FleetRollout, rendered: &Rendered) -> Result<ConfigMap, S
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
-        binary_data: Some(BTreeMap::from([(DATA_KEY.to_owned(), ByteString(bytes))])),
+        binary_data: Some(BTreeMap::from([
+            (DATA_KEY.to_owned(), ByteString(bytes)),
+            (OVERRIDES_KEY.to_owned(), ByteString(override_bytes)),
+        ])),
         immutable: Some(true),
         ..ConfigMap::default()
     })
@@ -132,13 +157,9 @@ pub async fn save(api: &Api<ConfigMap>, leader: &LeaderState, snapshot: &ConfigM
     Ok(())
 }
 
-/// Read the objects of `revision` for `rollout`; `None` when no snapshot of it exists (or the one
-/// found belongs to another revision or cannot be read).
-pub async fn load(
-    api: &Api<ConfigMap>,
-    rollout: &str,
-    revision: &str,
-) -> Result<Option<Vec<DynamicObject>>> {
+/// Read the snapshot of `revision` for `rollout`; `None` when no snapshot of it exists (or the
+/// one found belongs to another revision or cannot be read).
+pub async fn load(api: &Api<ConfigMap>, rollout: &str, revision: &str) -> Result<Option<Snapshot>> {
     let Some(cm) = api.get_opt(&snapshot_name(rollout, revision)).await? else {
         return Ok(None);
     };
@@ -150,10 +171,18 @@ pub async fn load(
     {
         return Ok(None);
     }
-    let Some(bytes) = cm.binary_data.as_ref().and_then(|d| d.get(DATA_KEY)) else {
-        return Ok(None);
+    Ok(parse(&cm))
+}
+
+/// The snapshot a ConfigMap holds; `None` when it holds none that can be read.
+pub fn parse(cm: &ConfigMap) -> Option<Snapshot> {
+    let data = cm.binary_data.as_ref()?;
+    let objects = serde_json::from_slice(&data.get(DATA_KEY)?.0).ok()?;
+    let overrides = match data.get(OVERRIDES_KEY) {
+        Some(bytes) => Some(serde_json::from_slice(&bytes.0).ok()?),
+        None => None,
     };
-    Ok(serde_json::from_slice(&bytes.0).ok())
+    Some(Snapshot { objects, overrides })
 }
 
 /// Delete the rollout's snapshots of revisions not in `keep`. Returns how many were deleted.
@@ -228,6 +257,7 @@ mod tests {
                 revision: "sha256:1".into(),
                 objects: vec![obj],
             },
+            &[],
         )
         .expect_err("too large");
         assert!(matches!(err, SnapshotError::TooLarge { size } if size > MAX_SNAPSHOT_BYTES));

@@ -300,7 +300,7 @@ impl Delivery for FakeDelivery {
     fn render(
         &self,
         objects: &[DynamicObject],
-        _overrides: &[Override],
+        overrides: &[Override],
         cluster: &FleetCluster,
     ) -> Result<Vec<DynamicObject>, DeliveryError> {
         if self.lock().unrenderable.contains(&name_of(cluster)) {
@@ -308,7 +308,14 @@ impl Delivery for FakeDelivery {
                 "override pin-replicas: v1/ConfigMap/default/app: path /spec/replicas does not exist",
             ));
         }
-        Ok(objects.to_vec())
+        // The real per-cluster overrides, so the version a member gets shows which applied.
+        fleet::overrides::render_for_cluster(
+            objects,
+            overrides,
+            &name_of(cluster),
+            cluster.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+        )
+        .map_err(|e| DeliveryError::permanent(e.to_string()))
     }
 
     async fn apply(&self, req: Delivered<'_>) -> Result<ApplyOutcome, DeliveryError> {
@@ -1226,4 +1233,239 @@ async fn drift_on_a_finished_rollout_is_found_and_corrected() {
     let s3 = r3.status.expect("status");
     assert!(s3.drifted.is_empty());
     assert_eq!(condition(&s3, "DriftDetected").0, "False");
+}
+
+/// `spec.overrides` setting the manifest's `data.version` to `version` on every cluster.
+fn version_override(version: &str) -> Value {
+    json!([{
+        "name": "pin-version",
+        "clusterSelector": {},
+        "target": {"kind": "ConfigMap", "name": "app"},
+        "jsonPatch": [{"op": "replace", "path": "/data/version", "value": version}],
+    }])
+}
+
+#[tokio::test]
+async fn an_override_edit_is_a_new_revision_through_stages_and_approvals() {
+    let (client, hub) = Hub::start();
+    let ctx = context(client);
+    let delivery = FakeDelivery::default();
+    let fleet = fast_fleet(delivery.clone());
+    let clusters = fleet_members();
+    let (_, r1) = step(
+        &hub,
+        &ctx,
+        &fleet,
+        &rollout(spec("1", json!({})), 1, None),
+        &clusters,
+        &[],
+        t(0),
+    )
+    .await;
+    let approvals = [approval("canary", "sha256:v1", FleetDecision::Approved)];
+    let (_, r2) = step(&hub, &ctx, &fleet, &r1, &clusters, &approvals, t(60)).await;
+    let s2 = r2.status.clone().expect("status");
+    assert_eq!(s2.phase, Some(RolloutPhase::Succeeded));
+    delivery.take_applied();
+
+    // Only the overrides change: a new revision, applied to the canary alone, waiting for an
+    // approval of its own (the approval of sha256:v1 does not count).
+    let mut r2 = r2;
+    r2.spec = spec("1", json!({"overrides": version_override("1-pinned")}));
+    r2.metadata.generation = Some(2);
+    let (_, r3) = step(&hub, &ctx, &fleet, &r2, &clusters, &approvals, t(400)).await;
+    let s3 = r3.status.clone().expect("status");
+    let revision = s3.target_revision.clone().expect("target revision");
+    assert_ne!(revision, "sha256:v1");
+    assert_eq!(delivery.take_applied(), ["c0@1-pinned"]);
+    assert_eq!(s3.phase, Some(RolloutPhase::WaitingForApproval));
+    assert_eq!(
+        cluster_phases(&s3),
+        ["canary/c0=Healthy", "prod/p1=Pending", "prod/p2=Pending"]
+    );
+    // The prod members still hold revision 1 as it was.
+    assert_eq!(delivery.lock().live["p1"][0]["data"]["version"], "1");
+}
+
+#[tokio::test]
+async fn a_rollback_renders_the_old_revision_with_its_old_overrides() {
+    let (client, hub) = Hub::start();
+    let ctx = context(client);
+    let delivery = FakeDelivery::default();
+    let clusters = fleet_members();
+    let extra = |version: &str| {
+        json!({
+            "failurePolicy": "Rollback",
+            "stages": [
+                {"name": "canary", "clusterSelector": {"matchLabels": {"ring": "0"}}},
+                {"name": "prod", "clusterSelector": {"matchLabels": {"ring": "1"}}},
+            ],
+            "overrides": version_override(version),
+        })
+    };
+    let (_, r1) = step(
+        &hub,
+        &ctx,
+        &fast_fleet(delivery.clone()),
+        &rollout(spec("1", extra("old")), 1, None),
+        &clusters,
+        &[],
+        t(0),
+    )
+    .await;
+    assert_eq!(delivery.take_applied(), ["c0@old", "p1@old", "p2@old"]);
+
+    // New overrides fail on p2. A fresh process (no memory) reads the old revision, and its
+    // overrides, back from the snapshot.
+    delivery
+        .lock()
+        .failing
+        .insert(("p2".to_owned(), "new".to_owned()));
+    let mut r1 = r1;
+    r1.spec = spec("1", extra("new"));
+    r1.metadata.generation = Some(2);
+    let (_, r2) = step(
+        &hub,
+        &ctx,
+        &fast_fleet(delivery.clone()),
+        &r1,
+        &clusters,
+        &[],
+        t(100),
+    )
+    .await;
+    assert_eq!(
+        delivery.take_applied(),
+        ["c0@new", "p1@new", "p2@new", "p1@old", "p2@old", "c0@old"]
+    );
+    let s2 = r2.status.expect("status");
+    assert_eq!(s2.phase, Some(RolloutPhase::RolledBack));
+    assert_eq!(delivery.lock().live["p2"][0]["data"]["version"], "old");
+}
+
+#[tokio::test]
+async fn a_timed_out_rollback_is_not_completed_by_an_old_observation() {
+    let (client, hub) = Hub::start();
+    let ctx = context(client);
+    let delivery = FakeDelivery::default();
+    let fleet = fast_fleet(delivery.clone());
+    let clusters = fleet_members();
+    let extra = json!({
+        "failurePolicy": "Rollback",
+        "stages": [
+            {"name": "canary", "clusterSelector": {"matchLabels": {"ring": "0"}}},
+            {"name": "prod", "clusterSelector": {"matchLabels": {"ring": "1"}}, "maxConcurrency": 2},
+        ],
+    });
+    // Revision 1 everywhere: this process remembers (p1, v1, Healthy).
+    let (_, r1) = step(
+        &hub,
+        &ctx,
+        &fleet,
+        &rollout(spec("1", extra.clone()), 1, None),
+        &clusters,
+        &[],
+        t(0),
+    )
+    .await;
+    assert_eq!(
+        r1.status.as_ref().and_then(|s| s.phase),
+        Some(RolloutPhase::Succeeded)
+    );
+    delivery.take_applied();
+
+    // Revision 2: p2 fails, p1's applies (forward, then the rollback to v1) all time out.
+    {
+        let mut st = delivery.lock();
+        st.failing.insert(("p2".to_owned(), "2".to_owned()));
+        st.slow.insert("p1".to_owned());
+    }
+    let mut r1 = r1;
+    r1.spec = spec("2", extra.clone());
+    r1.metadata.generation = Some(2);
+    let (_, r2) = step(&hub, &ctx, &fleet, &r1, &clusters, &[], t(100)).await;
+    let (_, r3) = step(&hub, &ctx, &fleet, &r2, &clusters, &[], t(200)).await;
+    let s3 = r3.status.expect("status");
+    // p1's rollback never finished: it is still rolling back, not done.
+    assert!(
+        cluster_phases(&s3).contains(&"prod/p1=RollingBack".to_owned()),
+        "{:?}",
+        cluster_phases(&s3)
+    );
+    assert_ne!(s3.phase, Some(RolloutPhase::RolledBack));
+    assert!(
+        !delivery.take_applied().iter().any(|a| a.starts_with("p1@")),
+        "p1 never finished an apply"
+    );
+}
+
+#[tokio::test]
+async fn pause_and_abandon_hold_drift_correction_and_pruning_of_a_finished_rollout() {
+    for state in ["Pause", "Abandon"] {
+        let (client, hub) = Hub::start();
+        let ctx = context(client);
+        let delivery = FakeDelivery::default();
+        let spec = spec(
+            "1",
+            json!({"stages": [{"name": "all", "maxConcurrency": 3}],
+                   "applyStrategy": {"driftCheckInterval": "1m", "whenDrifted": "Correct"}}),
+        );
+        let (_, r1) = step(
+            &hub,
+            &ctx,
+            &fast_fleet(delivery.clone()),
+            &rollout(spec, 1, None),
+            &fleet_members(),
+            &[],
+            t(0),
+        )
+        .await;
+        assert_eq!(
+            r1.status.as_ref().and_then(|s| s.phase),
+            Some(RolloutPhase::Succeeded)
+        );
+        delivery.take_applied();
+        // p1 is edited by hand, p2 leaves the targets, and the rollout is paused (abandoned).
+        delivery.lock().live.get_mut("p1").expect("p1")[0]["data"]["version"] = json!("edited");
+        let mut clusters = fleet_members();
+        clusters[2].metadata.labels =
+            Some(BTreeMap::from([("app".to_owned(), "other".to_owned())]));
+        let mut held = r1.clone();
+        held.spec.state = serde_json::from_value(json!(state)).expect("state");
+        held.metadata.generation = Some(2);
+        // A new process: a drift check would be due at once.
+        let (_, r2) = step(
+            &hub,
+            &ctx,
+            &fast_fleet(delivery.clone()),
+            &held,
+            &clusters,
+            &[],
+            t(120),
+        )
+        .await;
+        assert_eq!(
+            delivery.lock().live["p1"][0]["data"]["version"],
+            "edited",
+            "{state}: drift corrected"
+        );
+        assert!(delivery.lock().pruned.is_empty(), "{state}: pruned");
+        assert!(delivery.take_applied().is_empty(), "{state}: applied");
+        assert!(!hub.take_events().contains(&"Pruned".to_owned()), "{state}");
+        // Executing again prunes the cluster that left.
+        let mut again = r2.clone();
+        again.spec.state = overseer_crds::fleet::RolloutState::Execute;
+        again.metadata.generation = Some(3);
+        step(
+            &hub,
+            &ctx,
+            &fast_fleet(delivery.clone()),
+            &again,
+            &clusters,
+            &[],
+            t(240),
+        )
+        .await;
+        assert_eq!(delivery.lock().pruned, ["p2"], "{state}");
+    }
 }
