@@ -209,6 +209,7 @@ pub struct ConfigMapSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.url.startsWith('https://') || self.url.startsWith('http://') || self.url.startsWith('ssh://')").message("url must be an https://, http:// or ssh:// URL"))]
+#[x_kube(validation = Rule::new("!self.url.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')").message("url must not carry a user name or password: put the credentials in the Secret named by secretRef"))]
 #[x_kube(validation = Rule::new("!has(self.interval) || (duration(self.interval) >= duration('10s') && duration(self.interval) <= duration('24h'))").message("interval must be a duration between 10s and 24h"))]
 pub struct GitSource {
     /// Repository URL.
@@ -264,7 +265,8 @@ pub struct FluxSource {
     /// Name of the source object.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Namespace of the source object. Defaults to the rollout's.
+    /// Namespace of the source object: the rollout's own (the default) or `flux-system`. Any
+    /// other is refused (`CrossNamespaceSource`): a rollout must not deploy another team's source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,

@@ -339,3 +339,28 @@ fn digests_of_every_supported_algorithm_are_checked() {
     );
     assert!(verify_digest("u", "sha256:abc", data).is_err());
 }
+
+#[tokio::test]
+async fn a_flux_source_of_another_teams_namespace_is_refused_without_reading_it() {
+    // No request may reach the API server: the reference is refused before it is followed.
+    let (client, server) = mock_client(vec![]);
+    let cache = tempfile::tempdir().unwrap();
+    let resolver = SourceResolver::new(client, cache.path()).unwrap();
+    let mut source = flux_source(FluxSourceKind::GitRepository, None);
+    if let Some(flux) = source.flux.as_mut() {
+        flux.namespace = Some("team-b".into());
+    }
+    let err = within(resolver.resolve("team-a", &source))
+        .await
+        .expect_err("another team's source");
+    assert_eq!(err.category(), "CrossNamespaceSource");
+    let message = err.to_string();
+    assert!(
+        message
+            .contains("\"team-b\" is neither the rollout's namespace \"team-a\" nor flux-system"),
+        "{message}"
+    );
+    assert!(!err.is_transient(), "the rollout's source must change");
+    drop(resolver);
+    within(server).await.unwrap();
+}

@@ -498,3 +498,41 @@ async fn http_remote_asking_for_credentials_without_secret_is_unreachable() {
     drop(resolver);
     within(server).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_url_carrying_credentials_is_refused_and_never_shown() {
+    // Nothing is read or fetched: no Secret request reaches the API server.
+    let (client, server) = mock_client(vec![]);
+    let cache = tempfile::tempdir().unwrap();
+    let resolver = SourceResolver::new(client, cache.path()).unwrap();
+    for url in [
+        "https://deploy-bot:ghp_s3cretT0ken@git.example.invalid/platform/manifests.git",
+        "https://ghp_s3cretT0ken@git.example.invalid/platform/manifests.git",
+    ] {
+        let source = git_source(GitSource {
+            url: url.into(),
+            secret_ref: Some("git-credentials".into()),
+            ..Default::default()
+        });
+        let err = within(resolver.resolve("fleet", &source))
+            .await
+            .expect_err("credentials in the URL");
+        let message = err.to_string();
+        assert_eq!(err.category(), "GitUnsupported", "{message}");
+        assert!(
+            message.contains("put the credentials in the Secret"),
+            "{message}"
+        );
+        assert!(
+            message.contains("https://git.example.invalid/platform/manifests.git"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("s3cret"),
+            "the token is never shown: {message}"
+        );
+        assert!(!message.contains("deploy-bot"), "{message}");
+    }
+    drop(resolver);
+    within(server).await.unwrap();
+}

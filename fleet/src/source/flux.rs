@@ -57,17 +57,41 @@ pub fn artifact_of(obj: &DynamicObject) -> Result<Artifact, String> {
     })
 }
 
-/// Reads the Flux source object named in `spec` (default namespace: `namespace`).
+/// The namespace where Flux itself keeps the sources cluster admins define, which every rollout
+/// may use: only admins write there, so reading it deputizes no one.
+pub const FLUX_SYSTEM_NAMESPACE: &str = "flux-system";
+
+/// The namespace of the Flux source `spec` names for a rollout in `namespace`: the rollout's own
+/// (named or left out) or [`FLUX_SYSTEM_NAMESPACE`]; any other is refused — the operator reads
+/// every namespace, and following such a reference would let a rollout's author deploy (and
+/// snapshot into their own namespace) another team's artifact.
+pub fn own_namespace<'a>(
+    namespace: &'a str,
+    spec: &'a FluxSource,
+    kind: &str,
+) -> Result<&'a str, SourceError> {
+    match spec.namespace.as_deref() {
+        None => Ok(namespace),
+        Some(ns) if ns == namespace || ns == FLUX_SYSTEM_NAMESPACE => Ok(ns),
+        Some(ns) => Err(SourceError::CrossNamespace {
+            kind: kind.into(),
+            namespace: ns.into(),
+            own: namespace.into(),
+        }),
+    }
+}
+
+/// Reads the Flux source object named in `spec`, in the rollout's namespace `namespace`.
 pub async fn read_source(
     client: &Client,
     namespace: &str,
     spec: &FluxSource,
 ) -> Result<DynamicObject, SourceError> {
-    let ns = spec.namespace.as_deref().unwrap_or(namespace);
     let (kind, versions): (&str, &[&str]) = match spec.kind {
         FluxSourceKind::GitRepository => ("GitRepository", &["v1"]),
         FluxSourceKind::OCIRepository => ("OCIRepository", &["v1", "v1beta2"]),
     };
+    let ns = own_namespace(namespace, spec, kind)?;
     for version in versions {
         let gvk = GroupVersionKind::gvk(FLUX_SOURCE_GROUP, version, kind);
         let resource = ApiResource::from_gvk(&gvk);

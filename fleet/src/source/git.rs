@@ -78,6 +78,20 @@ impl Credentials {
     }
 }
 
+/// `url` without its user name and password, when it carries either: credentials belong in the
+/// Secret `secretRef` names, not in the URL, which everyone who can read the rollout sees (and
+/// status, Events and logs would repeat). `None` when it carries neither (or does not parse).
+pub(crate) fn with_userinfo(url: &str) -> Option<String> {
+    let mut parsed = url::Url::parse(url).ok()?;
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return None;
+    }
+    // Both succeed for the URLs that can carry userinfo (those with a host).
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    Some(parsed.to_string())
+}
+
 /// The cache directory of `url` under `root`: `root/<first 32 hex digits of sha256(url)>`.
 pub fn cache_dir(root: &Path, url: &str) -> PathBuf {
     let digest = hex::encode(Sha256::digest(url.as_bytes()));

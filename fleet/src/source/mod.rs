@@ -97,6 +97,21 @@ pub enum SourceError {
         /// The limit.
         limit: u64,
     },
+    /// A Flux source in another namespace than the rollout's (or flux-system): the operator reads every namespace,
+    /// so following the reference would deploy (and snapshot into the rollout's namespace) an
+    /// artifact its author may not read — the confused deputy Flux's own
+    /// `--no-cross-namespace-refs` prevents.
+    #[error(
+        "spec.source.flux.namespace {namespace:?} is neither the rollout's namespace {own:?} nor flux-system: a rollout may only use Flux sources of its own namespace or of flux-system; create the {kind} in {own:?} (and leave namespace empty)"
+    )]
+    CrossNamespace {
+        /// The Flux source kind.
+        kind: String,
+        /// The namespace named.
+        namespace: String,
+        /// The rollout's namespace.
+        own: String,
+    },
     /// A referenced object (ConfigMap, Secret, Flux source) does not exist.
     #[error("{kind} {namespace}/{name} not found")]
     NotFound {
@@ -225,6 +240,7 @@ impl SourceError {
             SourceError::Empty(_) => "EmptySource",
             SourceError::TooLarge { .. } => "SourceTooLarge",
             SourceError::NotFound { .. } => "SourceNotFound",
+            SourceError::CrossNamespace { .. } => "CrossNamespaceSource",
             SourceError::Kube { .. } => "KubeError",
             SourceError::Credentials { .. } => "InvalidCredentials",
             SourceError::GitUnsupported { .. } => "GitUnsupported",
@@ -379,6 +395,15 @@ impl SourceResolver {
         namespace: &str,
         spec: &overseer_crds::fleet::GitSource,
     ) -> Result<RenderedSource, SourceError> {
+        if let Some(shown) = git::with_userinfo(&spec.url) {
+            return Err(SourceError::GitUnsupported {
+                url: shown,
+                message: "the URL carries a user name or password, which everyone who can read \
+                          the FleetRollout sees: remove it and put the credentials in the Secret \
+                          named by secretRef"
+                    .into(),
+            });
+        }
         let credentials = match &spec.secret_ref {
             Some(name) => Some(self.git_credentials(namespace, name).await?),
             None => None,
