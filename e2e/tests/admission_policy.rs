@@ -18,9 +18,12 @@ const AGENT: &str = "system:serviceaccount:default:finance-agent";
 
 /// The policy and its binding, parsed from the committed YAML.
 fn load() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(POLICY_FILE);
+    load_file(POLICY_FILE)
+}
+
+/// The one policy and its binding in the committed YAML file `file` (relative to the repository).
+fn load_file(file: &str) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut policy = None;
     let mut binding = None;
@@ -37,7 +40,7 @@ fn load() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
             Some("ValidatingAdmissionPolicyBinding") => {
                 binding = Some(serde_json::from_value(value).expect("binding"))
             }
-            other => panic!("unexpected document of kind {other:?} in {POLICY_FILE}"),
+            other => panic!("unexpected document of kind {other:?} in {file}"),
         }
     }
     (
@@ -57,8 +60,13 @@ fn expressions() -> Vec<VapExpression> {
         spec.variables.as_ref().is_none_or(Vec::is_empty),
         "variables are not evaluated here"
     );
-    spec.validations
-        .expect("validations")
+    vap_expressions(spec.validations.expect("validations"))
+}
+
+fn vap_expressions(
+    validations: Vec<k8s_openapi::api::admissionregistration::v1::Validation>,
+) -> Vec<VapExpression> {
+    validations
         .into_iter()
         .map(|v| VapExpression {
             expression: v.expression,
@@ -426,34 +434,14 @@ mod operator_tokens {
     const FILE: &str = "config/admission/operator_tokens_policy.yaml";
 
     fn policy() -> ValidatingAdmissionPolicy {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(FILE);
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut found = None;
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::to_value(
-                <serde_yaml::Value as serde::Deserialize>::deserialize(document)
-                    .expect("YAML document"),
-            )
-            .expect("JSON");
-            match value["kind"].as_str() {
-                Some("ValidatingAdmissionPolicy") => {
-                    found = Some(serde_json::from_value(value).expect("policy"));
-                }
-                Some("ValidatingAdmissionPolicyBinding") => {
-                    let binding: ValidatingAdmissionPolicyBinding =
-                        serde_json::from_value(value).expect("binding");
-                    let spec = binding.spec.expect("binding spec");
-                    assert_eq!(
-                        spec.policy_name.as_deref(),
-                        Some("overseer-operator-tokens")
-                    );
-                    assert_eq!(spec.validation_actions, Some(vec!["Deny".to_owned()]));
-                }
-                other => panic!("unexpected document of kind {other:?} in {FILE}"),
-            }
-        }
-        found.expect("a ValidatingAdmissionPolicy")
+        let (policy, binding) = load_file(FILE);
+        let spec = binding.spec.expect("binding spec");
+        assert_eq!(
+            spec.policy_name.as_deref(),
+            Some("overseer-operator-tokens")
+        );
+        assert_eq!(spec.validation_actions, Some(vec!["Deny".to_owned()]));
+        policy
     }
 
     fn request(operation: &str, username: &str, resource: &str, name: &str) -> AdmissionRequest {
@@ -507,16 +495,7 @@ mod operator_tokens {
                 message_expression: None,
             })
             .collect();
-        let validations: Vec<VapExpression> = spec
-            .validations
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| VapExpression {
-                expression: v.expression,
-                message: v.message,
-                message_expression: v.message_expression,
-            })
-            .collect();
+        let validations = vap_expressions(spec.validations.unwrap_or_default());
         let req = request(operation, username, resource, name);
         if !evaluate(&conditions, &req)
             .iter()

@@ -125,11 +125,11 @@ pub(crate) async fn resolve(
     spec: &FluxSource,
 ) -> Result<RenderedSource, SourceError> {
     let obj = read_source(client, namespace, spec).await?;
-    let ns = spec.namespace.as_deref().unwrap_or(namespace);
     let kind = match spec.kind {
         FluxSourceKind::GitRepository => "GitRepository",
         FluxSourceKind::OCIRepository => "OCIRepository",
     };
+    let ns = own_namespace(namespace, spec, kind)?;
     let artifact = artifact_of(&obj).map_err(|message| SourceError::FluxArtifact {
         kind: kind.into(),
         namespace: ns.into(),

@@ -459,11 +459,9 @@ async fn decide_inner(service: &DecisionService, headers: &HeaderMap, body: Body
     }
     if let Some(gate) = &service.gate {
         gate.complete(&caller, &mut request.principal);
-    }
-    if let Some(gate) = &service.gate
-        && let GateVerdict::Closed { reason, message } = gate.check(&caller, &request.principal)
-    {
-        return answer_gate_closed(service, &request, reason.rule(), message).await;
+        if let GateVerdict::Closed { reason, message } = gate.check(&caller, &request.principal) {
+            return answer_gate_closed(service, &request, reason.rule(), message).await;
+        }
     }
     let now = Utc::now();
     let decision = match service.engine.decide(&request, now) {

@@ -372,23 +372,20 @@ impl ExtAuthz {
                 HttpStatusCode::Unauthorized,
             ));
         };
-        if !caller.may_decide_for(&id) {
-            return Err(refused(
-                format!("{} may not call tools as {id:?}", caller.name),
-                HttpStatusCode::Forbidden,
-            ));
-        }
-        Ok(Principal {
+        // The same check as the decision API's and the gateway's: an agent key's namespace is
+        // its key's, else the configured one.
+        let mut principal = Principal {
             id,
             kind: Some(PrincipalKind::Agent),
-            // An agent key bound to a namespace is governed there; else the configured one.
-            namespace: match caller.role {
-                Role::Agent => caller.namespace.clone(),
-                _ => None,
-            }
-            .or_else(|| self.config.agent_namespace.clone()),
             ..Principal::default()
-        })
+        };
+        caller
+            .check_principal(&mut principal)
+            .map_err(|why| refused(why, HttpStatusCode::Forbidden))?;
+        if principal.namespace.is_none() {
+            principal.namespace.clone_from(&self.config.agent_namespace);
+        }
+        Ok(principal)
     }
 
     /// The MCP server: the route's `context_extensions`, then the configured header, then the
